@@ -1,0 +1,1 @@
+"""Data: corpora, tokenizers, tf.data pipelines."""

@@ -1,0 +1,6 @@
+"""Language models built from keras_llm layers."""
+
+from keras_llm.models import presets
+from keras_llm.models.gpt import GPT
+
+__all__ = ["GPT", "presets"]
