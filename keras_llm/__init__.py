@@ -14,6 +14,18 @@ from keras_llm import callbacks  # noqa: E402
 from keras_llm import data  # noqa: E402
 from keras_llm import layers  # noqa: E402
 from keras_llm import models  # noqa: E402
+from keras_llm.generate import generate_text  # noqa: E402
+from keras_llm.pretrain import PretrainConfig  # noqa: E402
+from keras_llm.pretrain import pretrain  # noqa: E402
 from keras_llm.version import __version__  # noqa: E402
 
-__all__ = ["callbacks", "data", "layers", "models", "__version__"]
+__all__ = [
+    "PretrainConfig",
+    "__version__",
+    "callbacks",
+    "data",
+    "generate_text",
+    "layers",
+    "models",
+    "pretrain",
+]
