@@ -209,7 +209,7 @@ class MultiHeadAttention(keras.layers.Layer):
             self.key_value_dense = self._dense(2 * kv_units, "key_value")
             self.key_value_dense.build(value_shape)
         self.output_dense = self._dense(self.output_dim or width, "output")
-        self.output_dense.build(query_shape[:-1] + (q_units,))
+        self.output_dense.build(tuple(query_shape[:-1]) + (q_units,))
         if self.rotary_max_wavelength is not None:
             self.rotary_embedding = RotaryEmbedding(
                 max_wavelength=self.rotary_max_wavelength,
