@@ -65,8 +65,19 @@ def _feed(inputs):
     return {(name or "inputs"): np.asarray(v) for name, v in inputs.items()}
 
 
+def _fresh(init_kwargs):
+    """Copies constructor arguments, cloning layer instances among them, so
+    each check builds its own unbuilt layer (inside a strategy scope too)."""
+    return {
+        k: v.__class__.from_config(v.get_config())
+        if isinstance(v, keras.layers.Layer)
+        else v
+        for k, v in init_kwargs.items()
+    }
+
+
 def _wrap_model(layer_cls, init_kwargs, inputs, call_kwargs, dtype=None):
-    kwargs = dict(init_kwargs)
+    kwargs = _fresh(init_kwargs)
     if dtype is not None:
         kwargs["dtype"] = dtype
     layer = layer_cls(**kwargs)
@@ -117,7 +128,7 @@ def run_layer_test(
     inputs = _as_inputs(input_data)
 
     # --- Config round trip ---
-    layer = layer_cls(**init_kwargs)
+    layer = layer_cls(**_fresh(init_kwargs))
     config = layer.get_config()
     for key in init_kwargs:
         assert key in config, f"{layer_cls.__name__}.get_config lacks {key!r}"
@@ -145,7 +156,9 @@ def run_layer_test(
 
     # --- Symbolic call ---
     sym = _symbolic_inputs(inputs)
-    sym_out = _float_output(_call(layer_cls(**init_kwargs), sym, call_kwargs))
+    sym_out = _float_output(
+        _call(layer_cls(**_fresh(init_kwargs)), sym, call_kwargs)
+    )
     assert tuple(sym_out.shape[1:]) == tuple(eager_np.shape[1:]), (
         f"symbolic shape {sym_out.shape} != eager shape {eager_np.shape}"
     )
@@ -187,7 +200,7 @@ def run_layer_test(
             ("mixed_float16", "float16"),
             ("mixed_bfloat16", "bfloat16"),
         ):
-            mp_layer = layer_cls(**init_kwargs, dtype=policy)
+            mp_layer = layer_cls(**_fresh(init_kwargs), dtype=policy)
             out = _float_output(_call(mp_layer, inputs, call_kwargs))
             expected = "float32" if float32_output else compute
             assert keras.backend.standardize_dtype(out.dtype) == expected, (

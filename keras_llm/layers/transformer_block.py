@@ -135,15 +135,16 @@ class TransformerBlock(keras.layers.Layer):
                     f"Received: {arg}={value!r}."
                 )
         if isinstance(attention, keras.layers.Layer):
-            self._attention_instance = attention
-        else:
-            self._attention_instance = None
-            if not isinstance(attention, (str, dict)):
-                raise TypeError(
-                    "`TransformerBlock` expects `attention` to be a "
-                    "registered name, a layer config dict or a layer. "
-                    f"Received: {attention!r}."
-                )
+            # Track the given instance under the same attribute the block
+            # builds otherwise, so saved weights load into a revived block.
+            self.self_attention = attention
+            attention = keras.saving.serialize_keras_object(attention)
+        elif not isinstance(attention, (str, dict)):
+            raise TypeError(
+                "`TransformerBlock` expects `attention` to be a "
+                "registered name, a layer config dict or a layer. "
+                f"Received: {attention!r}."
+            )
         self.attention = attention
         self.attention_kwargs = dict(attention_kwargs or {})
         self.num_heads = num_heads
@@ -198,9 +199,7 @@ class TransformerBlock(keras.layers.Layer):
                 f"by `num_heads`. Received width {hidden_dim}, "
                 f"num_heads={self.num_heads}."
             )
-        if self._attention_instance is not None:
-            self.self_attention = self._attention_instance
-        else:
+        if not hasattr(self, "self_attention"):
             extra = dict(self.attention_kwargs)
             if self.rotary_max_wavelength is not None:
                 extra["rotary_max_wavelength"] = self.rotary_max_wavelength
@@ -319,14 +318,11 @@ class TransformerBlock(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        attention = self.attention
-        if isinstance(attention, keras.layers.Layer):
-            attention = keras.saving.serialize_keras_object(attention)
         config.update(
             {
                 "num_heads": self.num_heads,
                 "intermediate_dim": self.intermediate_dim,
-                "attention": attention,
+                "attention": self.attention,
                 "attention_kwargs": self.attention_kwargs,
                 "key_dim": self.key_dim,
                 "num_key_value_heads": self.num_key_value_heads,
