@@ -296,6 +296,13 @@ class MultiHeadAttention(keras.layers.Layer):
             mask = merge_attention_masks(padding_mask, attention_mask)
             is_causal = bool(use_causal_mask)
 
+        if self._kv_heads != self.num_heads:
+            # Keras' TF dot_product_attention repeats key/value heads only
+            # when there are more than one, and then fails for multi-query
+            # attention; repeat them here on every backend.
+            groups = self.num_heads // self._kv_heads
+            k = ops.repeat(k, groups, axis=2)
+            v = ops.repeat(v, groups, axis=2)
         if training and self.dropout > 0:
             out = self._attention_with_dropout(q, k, v, mask, is_causal)
         else:
@@ -310,10 +317,6 @@ class MultiHeadAttention(keras.layers.Layer):
         return out
 
     def _attention_with_dropout(self, q, k, v, mask, is_causal):
-        if self._kv_heads != self.num_heads:
-            groups = self.num_heads // self._kv_heads
-            k = ops.repeat(k, groups, axis=2)
-            v = ops.repeat(v, groups, axis=2)
         scale = 1.0 / float(self.key_dim) ** 0.5
         scores = ops.einsum("btnh,bsnh->bnts", q, k)
         scores = ops.cast(scores, "float32") * scale
