@@ -66,7 +66,13 @@ def generate_text(
     Example:
 
     ```python
-    text = keras_llm.generate_text("runs/pretrain/model.keras", "Python ")
+    import keras_llm
+
+    run = keras_llm.pretrain(
+        steps=20, warmup_steps=5, eval_interval=10, sequence_length=64,
+        batch_size=8, out="runs/example", verbose=0,
+    )
+    text = keras_llm.generate_text(run["paths"]["model"], "Python ")
     ```
     """
     if isinstance(model, (str, os.PathLike)):

@@ -221,7 +221,10 @@ def pretrain(config=None, **options):
     ```python
     import keras_llm
 
-    result = keras_llm.pretrain(steps=20, eval_interval=10, out="/tmp/run")
+    result = keras_llm.pretrain(
+        steps=20, warmup_steps=5, eval_interval=10, sequence_length=64,
+        batch_size=8, out="runs/example", verbose=0,
+    )
     print(result["sample"])
     ```
     """
@@ -335,7 +338,9 @@ def _pretrain(config, started):
                 every_n_steps=config.sample_every,
                 max_length=min(config.sample_length, model.max_sequence_length),
                 seed=config.seed,
-                print_fn=console.print,
+                print_fn=lambda text: console.print(
+                    text, markup=False, highlight=False
+                ),
             )
         )
     epochs = -(-config.steps // config.eval_interval)

@@ -85,11 +85,21 @@ class ThroughputMeter(keras.callbacks.Callback):
     Example:
 
     ```python
-    meter = keras_llm.callbacks.ThroughputMeter(
-        tokens_per_step=12 * 64, sequence_length=64
+    import keras
+    import numpy as np
+    import keras_llm
+
+    model = keras_llm.models.GPT(
+        vocabulary_size=16, num_layers=1, num_heads=2, hidden_dim=16,
+        max_sequence_length=32,
     )
-    model.fit(ds, steps_per_epoch=100, callbacks=[meter])
-    print(meter.tokens_per_second)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(True))
+    x = np.random.randint(0, 16, (64, 32))
+    meter = keras_llm.callbacks.ThroughputMeter(
+        tokens_per_step=8 * 32, sequence_length=32
+    )
+    model.fit(x, x, batch_size=8, epochs=2, callbacks=[meter], verbose=0)
+    print(f"{meter.tokens_per_second:.0f} tokens/s")
     ```
     """
 

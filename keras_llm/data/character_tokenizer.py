@@ -14,6 +14,10 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
+# The wrapper every keras-hub tokenizer uses: TF inside tf.data, numpy and
+# Python lists outside it (pinned with keras-hub 0.32).
+from keras_hub.src.utils.tensor_utils import preprocessing_function
+
 
 @keras.saving.register_keras_serializable(package="keras_llm")
 class CharacterTokenizer(keras_hub.tokenizers.Tokenizer):
@@ -117,6 +121,7 @@ class CharacterTokenizer(keras_hub.tokenizers.Tokenizer):
         vocab = self.get_vocabulary()
         return vocab.index(token) if token in vocab else 0
 
+    @preprocessing_function
     def tokenize(self, inputs):
         """Strings to ids: a scalar gives a 1-D tensor, a batch a ragged one."""
         self._check_vocabulary()
@@ -126,6 +131,7 @@ class CharacterTokenizer(keras_hub.tokenizers.Tokenizer):
             return chars.with_flat_values(self._table.lookup(chars.flat_values))
         return self._table.lookup(chars)
 
+    @preprocessing_function
     def detokenize(self, inputs):
         """Ids to strings, joining characters along the last axis."""
         self._check_vocabulary()

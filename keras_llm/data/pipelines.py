@@ -24,19 +24,25 @@ def tokenize_documents(tokenizer, documents, separator_id=None, batch_size=256):
     Returns:
         A 1-D `np.int32` array.
     """
-    pieces = []
-    for start in range(0, len(documents), batch_size):
-        batch = tf.constant(documents[start : start + batch_size])
+    if not len(documents):
+        return np.zeros((0,), np.int32)
+
+    def to_ids(batch):
+        # Inside tf.data, keras-hub tokenizers return TF (ragged) tensors.
         ids = tokenizer.tokenize(batch)
         if not isinstance(ids, tf.RaggedTensor):
             ids = tf.RaggedTensor.from_tensor(ids)
         if separator_id is not None:
             sep = tf.fill([ids.nrows(), 1], tf.cast(separator_id, ids.dtype))
             ids = tf.concat([ids, sep], axis=1)
-        pieces.append(np.asarray(ids.flat_values, dtype=np.int32))
-    if not pieces:
-        return np.zeros((0,), np.int32)
-    return np.concatenate(pieces)
+        return tf.cast(ids.flat_values, tf.int32)
+
+    ds = (
+        tf.data.Dataset.from_tensor_slices(list(documents))
+        .batch(batch_size)
+        .map(to_ids, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    )
+    return np.concatenate([ids.numpy() for ids in ds])
 
 
 def split_tokens(token_ids, validation_fraction=0.1):

@@ -25,6 +25,13 @@ def _positive_int(name, value):
         )
 
 
+def _as_str(text):
+    """A detokenizer's output (str, bytes, or a scalar tensor) as `str`."""
+    if not isinstance(text, (str, bytes)):
+        text = np.asarray(text).item()
+    return text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+
+
 @keras.saving.register_keras_serializable(package="keras_llm")
 class GPT(keras.Model):
     """GPT-style decoder-only language model mapping token ids to logits.
@@ -394,11 +401,7 @@ class GPT(keras.Model):
                 stops = np.where(np.isin(row[index:], stop_token_ids))[0]
                 if len(stops):
                     row = row[: index + stops[0] + 1]
-            text = tokenizer.detokenize(row)
-            text = keras.ops.convert_to_numpy(text)
-            if isinstance(text, np.ndarray):
-                text = text.item()
-            texts.append(text.decode() if isinstance(text, bytes) else text)
+            texts.append(_as_str(tokenizer.detokenize(row)))
         return texts[0] if single else texts
 
     def _compiled_generate(self, sampler, stop_token_ids):

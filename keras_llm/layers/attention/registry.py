@@ -25,9 +25,22 @@ def register_attention(*names):
     Example:
 
     ```python
-    @register_attention("my_attention")
-    class MyAttention(keras.layers.Layer):
-        ...
+    import keras
+    import numpy as np
+    from keras_llm.layers import TransformerBlock
+    from keras_llm.layers.attention import MultiHeadAttention
+    from keras_llm.layers.attention import register_attention
+
+    @register_attention("half_query")
+    @keras.saving.register_keras_serializable(package="my_project")
+    class HalfQueryAttention(MultiHeadAttention):
+        def call(self, query, *args, **kwargs):
+            return super().call(query * 0.5, *args, **kwargs)
+
+    block = TransformerBlock(
+        num_heads=2, intermediate_dim=32, attention="half_query"
+    )
+    y = block(np.zeros((1, 4, 16), "float32"))
     ```
     """
 

@@ -1,0 +1,195 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_llm.cli import main
+
+TINY_CONFIG = """
+preset: nano
+steps: 6
+eval_interval: 3
+eval_steps: 2
+warmup_steps: 2
+sequence_length: 16
+batch_size: 4
+sample_length: 24
+sample_every: 3
+model_overrides:
+  num_layers: 1
+  num_heads: 2
+  hidden_dim: 16
+  intermediate_dim: 32
+"""
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran"]
+    text = " ".join(rng.choice(words, 3000)) + "\n"
+    path = tmp_path / "corpus.txt"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_CONFIG)
+    return str(path)
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_pretrain_then_generate(tmp_path, corpus, config_file, capsys):
+    out = str(tmp_path / "run")
+    code = main(
+        [
+            "pretrain",
+            "--config",
+            config_file,
+            "--corpus",
+            corpus,
+            "--out",
+            out,
+            "--seed",
+            "7",
+            "--no-jit-compile",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "[step 3]" in printed and "validation loss" in printed
+    for name in ("model.keras", "tokenizer.json", "loss_curve.png", "manifest.json"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    assert os.listdir(os.path.join(out, "logs"))
+    with open(os.path.join(out, "manifest.json")) as f:
+        manifest = json.load(f)
+    assert manifest["options"]["seed"] == 7
+    assert manifest["options"]["steps"] == 6
+    assert manifest["options"]["jit_compile"] is False
+    assert manifest["inputs"]["corpus"] == [corpus]
+    assert manifest["counts"]["vocabulary_size"] == 15  # 14 chars + [UNK]
+    assert manifest["results"]["final_val_loss"] > 0
+    assert manifest["versions"]["keras"] == keras.__version__
+
+    code = main(
+        [
+            "generate",
+            "--model",
+            os.path.join(out, "model.keras"),
+            "--prompt",
+            "the cat",
+            "--max-length",
+            "20",
+            "--seed",
+            "1",
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    # 20 tokens; an untrained model may emit [UNK], which prints as 5 chars.
+    assert text.startswith("the cat") and len(text.rstrip("\n")) >= 20
+
+
+def test_library_call_matches_cli(tmp_path, corpus):
+    import keras_llm
+
+    result = keras_llm.pretrain(
+        corpus=[corpus],
+        out=str(tmp_path / "lib"),
+        steps=4,
+        eval_interval=2,
+        warmup_steps=1,
+        sequence_length=16,
+        batch_size=4,
+        sample_length=20,
+        jit_compile=True,
+        model_overrides=dict(num_layers=1, hidden_dim=16, num_heads=2),
+        verbose=0,
+    )
+    assert len(result["history"]["loss"]) == 2
+    assert isinstance(result["sample"], str) and len(result["sample"]) >= 20
+    text = keras_llm.generate_text(
+        result["paths"]["model"], "the", max_length=12, sampler="greedy"
+    )
+    assert text.startswith("the") and len(text) >= 12
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--corpus", "/nonexistent/file.txt"], "does not exist"),
+        (["--preset", "enormous"], "Unknown preset 'enormous'"),
+        (["--steps", "0"], "--steps must be a positive integer"),
+        (["--batch-size", "-2"], "--batch-size must be a positive integer"),
+        (["--sequence-length", "0"], "--sequence-length must be a positive"),
+        (["--tokenizer", "morse"], "--tokenizer must be one of"),
+    ],
+)
+def test_pretrain_bad_options(tmp_path, capsys, args, message):
+    code = main(["pretrain", "--out", str(tmp_path / "o"), *args])
+    assert code == 2
+    line = _error_line(capsys)
+    assert line.startswith("keras-llm pretrain: error:") and message in line
+
+
+def test_pretrain_empty_and_short_corpus(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert main(["pretrain", "--corpus", str(empty)]) == 2
+    assert "is empty" in _error_line(capsys)
+    short = tmp_path / "short.txt"
+    short.write_text("far too short for one block")
+    assert main(["pretrain", "--corpus", str(short), "--out", str(tmp_path)]) == 2
+    assert "fewer than one block" in _error_line(capsys)
+
+
+def test_pretrain_bad_config_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stepz: 3\n")
+    assert main(["pretrain", "--config", str(bad)]) == 2
+    assert "unknown option(s) stepz" in _error_line(capsys)
+    assert main(["pretrain", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "does not exist" in _error_line(capsys)
+
+
+def test_generate_bad_model_files(tmp_path, capsys):
+    assert main(["generate", "--model", str(tmp_path / "x.keras"), "--prompt", "a"]) == 2
+    assert "does not exist" in _error_line(capsys)
+    not_keras = tmp_path / "notes.keras"
+    not_keras.write_text("hello")
+    assert main(["generate", "--model", str(not_keras), "--prompt", "a"]) == 2
+    assert "not a .keras model file" in _error_line(capsys)
+    other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    other_path = str(tmp_path / "dense.keras")
+    other.save(other_path)
+    assert main(["generate", "--model", other_path, "--prompt", "a"]) == 2
+    assert "not a keras_llm GPT" in _error_line(capsys)
+
+
+def test_console_script_is_installed_and_reports_errors(tmp_path):
+    script = shutil.which("keras-llm") or shutil.which(
+        "keras-llm", path=os.path.dirname(sys.executable)
+    )
+    assert script, "the keras-llm console script is not installed"
+    result = subprocess.run(
+        [script, "generate", "--model", str(tmp_path / "m.keras"), "--prompt", "x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "keras-llm generate: error: model file"
+    )

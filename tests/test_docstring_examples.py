@@ -1,0 +1,39 @@
+"""Every `Example:` block in a public docstring runs as written."""
+
+import inspect
+import re
+
+import pytest
+
+import keras_llm
+
+PUBLIC = [
+    keras_llm.layers.TransformerBlock,
+    keras_llm.layers.FeedForward,
+    keras_llm.layers.attention.MultiHeadAttention,
+    keras_llm.layers.attention.register_attention,
+    keras_llm.models.GPT,
+    keras_llm.data.CharacterTokenizer,
+    keras_llm.callbacks.ThroughputMeter,
+    keras_llm.pretrain,
+    keras_llm.generate_text,
+]
+
+
+def _examples(obj):
+    doc = inspect.getdoc(obj) or ""
+    return re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+
+
+def test_every_public_object_has_an_example():
+    missing = [o.__name__ for o in PUBLIC if not _examples(o)]
+    assert not missing, f"no Example: in {missing}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("obj", PUBLIC, ids=lambda o: o.__name__)
+def test_example_runs(obj, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for code in _examples(obj):
+        namespace = {"keras_llm": keras_llm, "keras": __import__("keras")}
+        exec(compile(code, f"<{obj.__name__} example>", "exec"), namespace)
