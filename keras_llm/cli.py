@@ -119,7 +119,9 @@ def run_pretrain(args):
     if getattr(args, "config", None):
         options.update(_load_config_file(args.config))
     given = {
-        k: v for k, v in vars(args).items() if k not in ("command", "config", "quiet")
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("command", "config", "quiet")
     }
     options.update(given)
     if getattr(args, "quiet", False):

@@ -83,7 +83,9 @@ def generate_text(
                 os.path.dirname(os.path.abspath(model_path)), TOKENIZER_FILE
             )
     if tokenizer is None:
-        raise UserError("generate_text needs a tokenizer for an in-memory model")
+        raise UserError(
+            "generate_text needs a tokenizer for an in-memory model"
+        )
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = load_tokenizer(os.fspath(tokenizer))
     if not prompt:

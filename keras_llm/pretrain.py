@@ -13,7 +13,6 @@ import platform
 import time
 
 import keras
-import numpy as np
 
 from keras_llm.callbacks.loss_curve import LossCurve
 from keras_llm.callbacks.sample_generator import SampleGenerator
@@ -107,7 +106,11 @@ class PretrainConfig:
             "sample_length",
         ):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value <= 0
+            ):
                 raise UserError(
                     f"--{name.replace('_', '-')} must be a positive integer, "
                     f"got {value!r}"
@@ -135,7 +138,11 @@ class PretrainConfig:
                 f"--warmup-steps ({self.warmup_steps}) must be fewer than "
                 f"--steps ({self.steps})"
             )
-        if self.mixed_precision not in (None, "mixed_float16", "mixed_bfloat16"):
+        if self.mixed_precision not in (
+            None,
+            "mixed_float16",
+            "mixed_bfloat16",
+        ):
             raise UserError(
                 "--mixed-precision must be mixed_float16 or mixed_bfloat16, "
                 f"got {self.mixed_precision!r}"
@@ -195,7 +202,9 @@ def compile_for_clm(model, optimizer, jit_compile=True):
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras_hub.metrics.Perplexity(from_logits=True, name="perplexity")],
+        metrics=[
+            keras_hub.metrics.Perplexity(from_logits=True, name="perplexity")
+        ],
         jit_compile=jit_compile,
     )
     return model
@@ -327,7 +336,9 @@ def _pretrain(config, started):
     )
     callbacks = [
         meter,
-        LossCurve(paths["loss_curve"], title=f"GPT {config.preset} pretraining"),
+        LossCurve(
+            paths["loss_curve"], title=f"GPT {config.preset} pretraining"
+        ),
         keras.callbacks.TensorBoard(paths["tensorboard"], update_freq="epoch"),
     ]
     if config.sample_every:

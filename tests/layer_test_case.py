@@ -173,9 +173,7 @@ def run_layer_test(
             loaded = keras.saving.load_model(path)
         after = loaded.predict(_feed(inputs), verbose=0)
         np.testing.assert_allclose(before, after, atol=atol)
-        inner = [
-            lyr for lyr in loaded.layers if isinstance(lyr, layer_cls)
-        ]
+        inner = [lyr for lyr in loaded.layers if isinstance(lyr, layer_cls)]
         assert inner, "the loaded model lost the layer"
 
     # --- One fit step ---

@@ -70,7 +70,12 @@ def test_pretrain_then_generate(tmp_path, corpus, config_file, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "[step 3]" in printed and "validation loss" in printed
-    for name in ("model.keras", "tokenizer.json", "loss_curve.png", "manifest.json"):
+    for name in (
+        "model.keras",
+        "tokenizer.json",
+        "loss_curve.png",
+        "manifest.json",
+    ):
         assert os.path.isfile(os.path.join(out, name)), name
     assert os.listdir(os.path.join(out, "logs"))
     with open(os.path.join(out, "manifest.json")) as f:
@@ -151,7 +156,9 @@ def test_pretrain_empty_and_short_corpus(tmp_path, capsys):
     assert "is empty" in _error_line(capsys)
     short = tmp_path / "short.txt"
     short.write_text("far too short for one block")
-    assert main(["pretrain", "--corpus", str(short), "--out", str(tmp_path)]) == 2
+    assert (
+        main(["pretrain", "--corpus", str(short), "--out", str(tmp_path)]) == 2
+    )
     assert "fewer than one block" in _error_line(capsys)
 
 
@@ -165,7 +172,12 @@ def test_pretrain_bad_config_file(tmp_path, capsys):
 
 
 def test_generate_bad_model_files(tmp_path, capsys):
-    assert main(["generate", "--model", str(tmp_path / "x.keras"), "--prompt", "a"]) == 2
+    assert (
+        main(
+            ["generate", "--model", str(tmp_path / "x.keras"), "--prompt", "a"]
+        )
+        == 2
+    )
     assert "does not exist" in _error_line(capsys)
     not_keras = tmp_path / "notes.keras"
     not_keras.write_text("hello")
@@ -184,12 +196,21 @@ def test_console_script_is_installed_and_reports_errors(tmp_path):
     )
     assert script, "the keras-llm console script is not installed"
     result = subprocess.run(
-        [script, "generate", "--model", str(tmp_path / "m.keras"), "--prompt", "x"],
+        [
+            script,
+            "generate",
+            "--model",
+            str(tmp_path / "m.keras"),
+            "--prompt",
+            "x",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        "keras-llm generate: error: model file"
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("keras-llm generate: error: model file")
     )

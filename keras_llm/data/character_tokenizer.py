@@ -135,8 +135,10 @@ class CharacterTokenizer(keras_hub.tokenizers.Tokenizer):
     def detokenize(self, inputs):
         """Ids to strings, joining characters along the last axis."""
         self._check_vocabulary()
-        if isinstance(inputs, (list, tuple)) and inputs and isinstance(
-            inputs[0], (list, tuple)
+        if (
+            isinstance(inputs, (list, tuple))
+            and inputs
+            and isinstance(inputs[0], (list, tuple))
         ):
             inputs = tf.ragged.constant(inputs, dtype=tf.int32)
         elif isinstance(inputs, np.ndarray) or not isinstance(

@@ -106,7 +106,9 @@ class FeedForward(keras.layers.Layer):
         self.up_dense = self._dense(up_units, "up")
         self.up_dense.build(inputs_shape)
         self.down_dense = self._dense(self.output_dim or width, "down")
-        self.down_dense.build(tuple(inputs_shape[:-1]) + (self.intermediate_dim,))
+        self.down_dense.build(
+            tuple(inputs_shape[:-1]) + (self.intermediate_dim,)
+        )
         self.dropout_layer = keras.layers.Dropout(
             self.dropout, dtype=self.dtype_policy, name="dropout"
         )

@@ -120,7 +120,11 @@ class TransformerBlock(keras.layers.Layer):
             ("num_heads", num_heads),
             ("intermediate_dim", intermediate_dim),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value <= 0
+            ):
                 raise ValueError(
                     f"`TransformerBlock` expects `{arg}` to be a positive "
                     f"integer. Received: {arg}={value!r}."
@@ -208,7 +212,9 @@ class TransformerBlock(keras.layers.Layer):
             else:
                 self.self_attention = get_attention(
                     self.attention,
-                    **self._make_attention("self_attention", hidden_dim, **extra),
+                    **self._make_attention(
+                        "self_attention", hidden_dim, **extra
+                    ),
                 )
         if not self.self_attention.built:
             self.self_attention.build(inputs_shape)
@@ -283,7 +289,9 @@ class TransformerBlock(keras.layers.Layer):
             training=training,
         )
         if cache is not None:
-            attn_kwargs.update(cache=cache, cache_update_index=cache_update_index)
+            attn_kwargs.update(
+                cache=cache, cache_update_index=cache_update_index
+            )
         x, cache = self._sublayer(
             inputs,
             self.self_attention_norm,

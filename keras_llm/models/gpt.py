@@ -8,10 +8,9 @@ efficient attention layers plug in by name. Generation reuses keras-hub's
 samplers with a key/value cache.
 """
 
-import numpy as np
-
 import keras
 import keras_hub
+import numpy as np
 from keras import ops
 
 from keras_llm.layers.transformer_block import TransformerBlock
@@ -459,7 +458,9 @@ class GPT(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        if config.get("dtype") is not None and isinstance(config["dtype"], dict):
+        if config.get("dtype") is not None and isinstance(
+            config["dtype"], dict
+        ):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
         return cls(**config)
 
@@ -470,6 +471,8 @@ class GPT(keras.Model):
             total -= int(np.prod(self.token_embedding.embeddings.shape))
             if self.position_embedding_layer is not None:
                 total -= int(
-                    np.prod(self.position_embedding_layer.position_embeddings.shape)
+                    np.prod(
+                        self.position_embedding_layer.position_embeddings.shape
+                    )
                 )
         return total

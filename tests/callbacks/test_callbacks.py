@@ -24,7 +24,11 @@ def _model_and_data(vocab=12, length=8):
         optimizer="adam",
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    x = np.random.default_rng(0).integers(0, vocab, (16, length)).astype("int32")
+    x = (
+        np.random.default_rng(0)
+        .integers(0, vocab, (16, length))
+        .astype("int32")
+    )
     return model, x
 
 
@@ -37,9 +41,14 @@ def test_flops_per_token_formula():
 def test_throughput_meter_logs_tokens_per_second_and_mfu():
     model, x = _model_and_data()
     meter = ThroughputMeter(
-        tokens_per_step=4 * 8, sequence_length=8, peak_flops=1e12, warmup_steps=1
+        tokens_per_step=4 * 8,
+        sequence_length=8,
+        peak_flops=1e12,
+        warmup_steps=1,
     )
-    history = model.fit(x, x, batch_size=4, epochs=2, callbacks=[meter], verbose=0)
+    history = model.fit(
+        x, x, batch_size=4, epochs=2, callbacks=[meter], verbose=0
+    )
     for key in ("tokens_per_second", "tflops", "mfu"):
         assert key in history.history
     tps = history.history["tokens_per_second"][-1]
@@ -55,7 +64,12 @@ def test_loss_curve_writes_png(tmp_path):
     path = os.path.join(tmp_path, "curves", "loss.png")
     curve = LossCurve(path)
     model.fit(
-        x, x, batch_size=4, epochs=2, validation_split=0.25, callbacks=[curve],
+        x,
+        x,
+        batch_size=4,
+        epochs=2,
+        validation_split=0.25,
+        callbacks=[curve],
         verbose=0,
     )
     with open(path, "rb") as f:

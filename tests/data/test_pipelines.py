@@ -19,7 +19,9 @@ def test_tokenize_documents_with_separator():
 
 def test_split_is_positional():
     train, val = split_tokens(np.arange(100), 0.1)
-    assert train.tolist() == list(range(90)) and val.tolist() == list(range(90, 100))
+    assert train.tolist() == list(range(90)) and val.tolist() == list(
+        range(90, 100)
+    )
     with pytest.raises(ValueError, match="validation_fraction"):
         split_tokens(np.arange(10), 1.5)
 

@@ -39,7 +39,9 @@ def test_gelu_formula():
 
     h = X @ layer.up_dense.kernel.numpy() + layer.up_dense.bias.numpy()
     h = 0.5 * h * (1 + erf(h / np.sqrt(2)))
-    expected = h @ layer.down_dense.kernel.numpy() + layer.down_dense.bias.numpy()
+    expected = (
+        h @ layer.down_dense.kernel.numpy() + layer.down_dense.bias.numpy()
+    )
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 

@@ -81,7 +81,9 @@ def test_pre_ln_formula():
 
 
 def test_post_ln_formula():
-    block = TransformerBlock(num_heads=2, intermediate_dim=32, normalization="post")
+    block = TransformerBlock(
+        num_heads=2, intermediate_dim=32, normalization="post"
+    )
     x = _x()
     out = block(x)
     h = block.self_attention_norm(x + block.self_attention(x))
@@ -94,7 +96,9 @@ def test_causal_block_ignores_future_and_bidirectional_does_not():
     changed = x.copy()
     changed[:, 3:] = _x(7)[:, 3:]  # not a constant shift, which LN removes
     causal = TransformerBlock(num_heads=2, intermediate_dim=32, causal=True)
-    np.testing.assert_allclose(causal(x)[:, :3], causal(changed)[:, :3], atol=1e-5)
+    np.testing.assert_allclose(
+        causal(x)[:, :3], causal(changed)[:, :3], atol=1e-5
+    )
     both = TransformerBlock(num_heads=2, intermediate_dim=32)
     assert not np.allclose(both(x)[:, :3], both(changed)[:, :3], atol=1e-3)
 
@@ -145,10 +149,26 @@ def test_attention_config_survives_serialization():
     "kwargs, error, message",
     [
         (dict(num_heads=0, intermediate_dim=8), ValueError, "num_heads"),
-        (dict(num_heads=2, intermediate_dim=-1), ValueError, "intermediate_dim"),
-        (dict(num_heads=2, intermediate_dim=8, normalization="mid"), ValueError, "normalization"),
-        (dict(num_heads=2, intermediate_dim=8, dropout=1.0), ValueError, "dropout"),
-        (dict(num_heads=2, intermediate_dim=8, attention=5), TypeError, "attention"),
+        (
+            dict(num_heads=2, intermediate_dim=-1),
+            ValueError,
+            "intermediate_dim",
+        ),
+        (
+            dict(num_heads=2, intermediate_dim=8, normalization="mid"),
+            ValueError,
+            "normalization",
+        ),
+        (
+            dict(num_heads=2, intermediate_dim=8, dropout=1.0),
+            ValueError,
+            "dropout",
+        ),
+        (
+            dict(num_heads=2, intermediate_dim=8, attention=5),
+            TypeError,
+            "attention",
+        ),
     ],
 )
 def test_bad_arguments(kwargs, error, message):
@@ -160,8 +180,12 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="divisible"):
         TransformerBlock(num_heads=3, intermediate_dim=8)(_x())
     with pytest.raises(ValueError, match="Unknown attention"):
-        TransformerBlock(num_heads=2, intermediate_dim=8, attention="nope")(_x())
-    block = TransformerBlock(num_heads=2, intermediate_dim=8, cross_attention=True)
+        TransformerBlock(num_heads=2, intermediate_dim=8, attention="nope")(
+            _x()
+        )
+    block = TransformerBlock(
+        num_heads=2, intermediate_dim=8, cross_attention=True
+    )
     with pytest.raises(ValueError, match="encoder_outputs"):
         block(_x())
     block = TransformerBlock(num_heads=2, intermediate_dim=8)

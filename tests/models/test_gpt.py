@@ -20,8 +20,10 @@ TINY = dict(
 
 
 def _tokens(batch=2, length=8, seed=0):
-    return np.random.default_rng(seed).integers(0, 20, (batch, length)).astype(
-        "int32"
+    return (
+        np.random.default_rng(seed)
+        .integers(0, 20, (batch, length))
+        .astype("int32")
     )
 
 

@@ -90,7 +90,9 @@ def test_matches_keras_multi_head_attention(causal):
 
 def test_cached_decoding_matches_full_pass():
     x = _x()
-    layer = MultiHeadAttention(num_heads=2, key_dim=8, rotary_max_wavelength=100)
+    layer = MultiHeadAttention(
+        num_heads=2, key_dim=8, rotary_max_wavelength=100
+    )
     full = layer(x, use_causal_mask=True)
     cache = np.zeros((B, 2, T, 2, 8), "float32")
     # Seed with the first 3 positions, then one position at a time.
