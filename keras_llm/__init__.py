@@ -1,23 +1,40 @@
 """keras_llm: a Keras-first plugin suite for training language models.
 
 Importing the package selects the TensorFlow backend unless the user already
-chose one through ``KERAS_BACKEND``; modelling layers use ``keras.ops`` only,
-so they also run on JAX.
+chose one through ``KERAS_BACKEND``. The modelling parts (`layers`, `models`,
+`callbacks`) use ``keras.ops`` only and import without TensorFlow, so they
+also run on JAX; `data`, `pretrain` and `generate_text` need TensorFlow and
+are imported on first use.
 """
 
+import importlib
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from keras_llm import callbacks  # noqa: E402
-from keras_llm import data  # noqa: E402
 from keras_llm import layers  # noqa: E402
 from keras_llm import models  # noqa: E402
-from keras_llm.generate import generate_text  # noqa: E402
-from keras_llm.pretrain import PretrainConfig  # noqa: E402
-from keras_llm.pretrain import pretrain  # noqa: E402
 from keras_llm.version import __version__  # noqa: E402
+
+_LAZY = {
+    "data": ("keras_llm.data", None),
+    "PretrainConfig": ("keras_llm.pretraining", "PretrainConfig"),
+    "pretrain": ("keras_llm.pretraining", "pretrain"),
+    "generate_text": ("keras_llm.generate", "generate_text"),
+}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'keras_llm' has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "PretrainConfig",

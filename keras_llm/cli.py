@@ -22,7 +22,7 @@ def _flag(name):
 
 
 def _pretrain_parser(sub):
-    from keras_llm.pretrain import PretrainConfig
+    from keras_llm.pretraining import PretrainConfig
 
     p = sub.add_parser(
         "pretrain",
@@ -112,8 +112,8 @@ def _load_config_file(path):
 
 
 def run_pretrain(args):
-    from keras_llm.pretrain import PretrainConfig
-    from keras_llm.pretrain import pretrain
+    from keras_llm.pretraining import PretrainConfig
+    from keras_llm.pretraining import pretrain
 
     options = {}
     if getattr(args, "config", None):
