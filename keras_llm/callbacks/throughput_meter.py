@@ -42,19 +42,30 @@ def flops_per_token(model, sequence_length):
     return 6 * n + 12 * model.num_layers * sequence_length * model.hidden_dim
 
 
+def _accelerator_name():
+    """Name of the first GPU seen by the active backend, or `""`."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            device = jax.devices()[0]
+            return device.device_kind if device.platform == "gpu" else ""
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            if gpus:
+                details = tf.config.experimental.get_device_details(gpus[0])
+                return details.get("device_name", "")
+    except Exception:  # noqa: BLE001 - no device query is not an error
+        return ""
+    return ""
+
+
 def detect_peak_flops():
     """Peak FLOP/s of the first GPU if it is a known model, else `None`."""
-    try:
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        if not gpus:
-            return None
-        name = tf.config.experimental.get_device_details(gpus[0]).get(
-            "device_name", ""
-        )
-    except Exception:  # noqa: BLE001 - no device query is not an error
-        return None
+    name = _accelerator_name()
     for key, flops in KNOWN_PEAK_FLOPS.items():
         if key in name:
             return flops
