@@ -18,7 +18,9 @@ text trains, the last 10% validates) and measures two things in one run:
 
 keras-hub's `GPT2Backbone` always has biases in its dense layers and layer
 norms (our GPT runs with `use_bias=False`, as nanoGPT's config does), so it
-has a few thousand more parameters; both counts are printed.
+has a few thousand more parameters; both counts are printed. Our GPT uses
+rotary positions by default (`--position-embedding rotary`; `learned` gives
+GPT-2's learned positions, the peer's architecture).
 
 Run from the repository root:
 
@@ -130,6 +132,13 @@ def parse_args(argv=None):
     )
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument(
+        "--position-embedding",
+        default="rotary",
+        choices=["rotary", "learned"],
+        help="positions of our GPT: rotary (our recommended setting) or "
+        "learned (GPT-2's, like the keras-hub peer) (default: %(default)s)",
+    )
+    parser.add_argument(
         "--jit",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -228,7 +237,7 @@ def pretrain_config(steps, jit):
     )
 
 
-def build_ours(vocabulary_size):
+def build_ours(vocabulary_size, position_embedding="rotary"):
     from keras_llm.models import GPT
 
     return GPT(
@@ -240,6 +249,7 @@ def build_ours(vocabulary_size):
         max_sequence_length=SEQUENCE_LENGTH,
         dropout=0.0,
         use_bias=False,
+        position_embedding=position_embedding,
         name="keras_llm_gpt",
     )
 
@@ -329,7 +339,10 @@ def benchmark(args, vocabulary_size, train_ids, console):
 
     tokens_per_step = BATCH_SIZE * SEQUENCE_LENGTH
     models = {}
-    builders = {"ours": build_ours, "keras_hub": build_keras_hub}
+    builders = {
+        "ours": lambda v: build_ours(v, args.position_embedding),
+        "keras_hub": build_keras_hub,
+    }
     result = {}
     for key, build in builders.items():
         keras.utils.set_random_seed(args.seed)
@@ -378,7 +391,9 @@ def train(args, vocabulary_size, train_ids, val_ids, console):
     from keras_llm.data.pipelines import num_windows
 
     keras.utils.set_random_seed(args.seed)
-    model = compile_model(build_ours(vocabulary_size), args)
+    model = compile_model(
+        build_ours(vocabulary_size, args.position_embedding), args
+    )
     train_ds = train_dataset(train_ids, args.seed)
     # During training: the same `eval_steps` batches each time, spread over
     # the whole validation split. At the end: every non-overlapping window.
@@ -517,7 +532,8 @@ def report(args, results, console):
     table.add_row(
         "settings",
         f"XLA {'on' if args.jit else 'off'}, "
-        f"dtype policy {args.mixed_precision or 'float32'}, seed {args.seed}",
+        f"dtype policy {args.mixed_precision or 'float32'}, seed {args.seed}, "
+        f"our GPT with {args.position_embedding} positions",
     )
     table.add_row("total time", f"{results['seconds']:.0f} s")
     table.add_row("results", results["path"])
@@ -576,7 +592,8 @@ def main(argv=None):
     }
     if not args.skip_bench:
         console.print(
-            "[bold]throughput[/bold]: keras_llm GPT (use_bias=False) vs "
+            "[bold]throughput[/bold]: keras_llm GPT (use_bias=False, "
+            f"{args.position_embedding} positions) vs "
             "keras-hub GPT2Backbone (always with biases), same optimizer, "
             f"XLA {'on' if args.jit else 'off'}"
         )

@@ -246,22 +246,26 @@ class MultiHeadAttention(keras.layers.Layer):
                     f"`{self.name}` was built for self-attention and cannot "
                     "take a `value` argument."
                 )
+            # One reshape to heads, then slices along the head axis: cheaper
+            # (forward and backward) than slicing features then reshaping.
             qkv = self.qkv_dense(query)
-            q = qkv[..., :q_units]
-            k = qkv[..., q_units : q_units + kv_units]
-            v = qkv[..., q_units + kv_units :]
+            shape = ops.shape(qkv)
+            qkv = ops.reshape(
+                qkv,
+                (shape[0], shape[1], self.num_heads + 2 * self._kv_heads, -1),
+            )
+            h, kv = self.num_heads, self._kv_heads
+            q, k, v = qkv[:, :, :h], qkv[:, :, h : h + kv], qkv[:, :, h + kv :]
         else:
             if value is None:
                 raise ValueError(
                     f"`{self.name}` was built for cross-attention and needs "
                     "a `value` argument."
                 )
-            q = self.query_dense(query)
+            q = self._split_heads(self.query_dense(query), self.num_heads)
             kv = self.key_value_dense(value)
-            k, v = kv[..., :kv_units], kv[..., kv_units:]
-        q = self._split_heads(q, self.num_heads)
-        k = self._split_heads(k, self._kv_heads)
-        v = self._split_heads(v, self._kv_heads)
+            k = self._split_heads(kv[..., :kv_units], self._kv_heads)
+            v = self._split_heads(kv[..., kv_units:], self._kv_heads)
 
         start = 0 if cache_update_index is None else cache_update_index
         if self.rotary_max_wavelength is not None:
