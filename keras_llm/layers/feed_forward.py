@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_llm.checks import check_positive_int
+from keras_llm.checks import check_rate
 from keras_llm.layers.attention.multi_head_attention import clone_initializer
 
 GATED_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu"}
@@ -56,15 +58,9 @@ class FeedForward(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if (
-            isinstance(intermediate_dim, bool)
-            or not isinstance(intermediate_dim, int)
-            or intermediate_dim <= 0
-        ):
-            raise ValueError(
-                "`FeedForward` expects `intermediate_dim` to be a positive "
-                f"integer. Received: intermediate_dim={intermediate_dim!r}."
-            )
+        check_positive_int("FeedForward", "intermediate_dim", intermediate_dim)
+        check_positive_int("FeedForward", "output_dim", output_dim, True)
+        check_rate("FeedForward", "dropout", dropout)
         if not isinstance(activation, str) or (
             activation not in GATED_ACTIVATIONS
         ):

@@ -9,6 +9,8 @@ block, the models and their key/value cache.
 
 import keras
 
+from keras_llm.checks import check_positive_int
+from keras_llm.checks import check_rate
 from keras_llm.layers.attention.multi_head_attention import clone_initializer
 from keras_llm.layers.attention.registry import get_attention
 from keras_llm.layers.feed_forward import FeedForward
@@ -116,28 +118,12 @@ class TransformerBlock(keras.layers.Layer):
                 "`TransformerBlock` expects `normalization` to be 'pre' or "
                 f"'post'. Received: normalization={normalization!r}."
             )
-        for arg, value in (
-            ("num_heads", num_heads),
-            ("intermediate_dim", intermediate_dim),
-        ):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int)
-                or value <= 0
-            ):
-                raise ValueError(
-                    f"`TransformerBlock` expects `{arg}` to be a positive "
-                    f"integer. Received: {arg}={value!r}."
-                )
-        for arg, value in (
-            ("dropout", dropout),
-            ("attention_dropout", attention_dropout),
-        ):
-            if not 0.0 <= value < 1.0:
-                raise ValueError(
-                    f"`TransformerBlock` expects `{arg}` in [0, 1). "
-                    f"Received: {arg}={value!r}."
-                )
+        check_positive_int("TransformerBlock", "num_heads", num_heads)
+        check_positive_int(
+            "TransformerBlock", "intermediate_dim", intermediate_dim
+        )
+        check_rate("TransformerBlock", "dropout", dropout)
+        check_rate("TransformerBlock", "attention_dropout", attention_dropout)
         if isinstance(attention, keras.layers.Layer):
             # Track the given instance under the same attribute the block
             # builds otherwise, so saved weights load into a revived block.

@@ -13,15 +13,9 @@ import keras_hub
 import numpy as np
 from keras import ops
 
+from keras_llm.checks import check_positive_int
+from keras_llm.checks import check_rate
 from keras_llm.layers.transformer_block import TransformerBlock
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(
-            f"`GPT` expects `{name}` to be a positive integer. "
-            f"Received: {name}={value!r}."
-        )
 
 
 def _as_str(text):
@@ -121,9 +115,10 @@ class GPT(keras.Model):
             "hidden_dim",
             "max_sequence_length",
         ):
-            _positive_int(arg, locals()[arg])
+            check_positive_int("GPT", arg, locals()[arg])
         intermediate_dim = intermediate_dim or 4 * hidden_dim
-        _positive_int("intermediate_dim", intermediate_dim)
+        check_positive_int("GPT", "intermediate_dim", intermediate_dim)
+        check_rate("GPT", "dropout", dropout)
         if hidden_dim % num_heads:
             raise ValueError(
                 "`GPT` expects `hidden_dim` to be divisible by `num_heads`. "

@@ -15,17 +15,9 @@ import keras
 from keras import ops
 from keras_hub.layers import RotaryEmbedding
 
+from keras_llm.checks import check_positive_int
+from keras_llm.checks import check_rate
 from keras_llm.layers.attention.registry import register_attention
-
-
-def _check_positive_int(layer, name, value, allow_none=False):
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(
-            f"`{layer}` expects `{name}` to be a positive integer. "
-            f"Received: {name}={value!r}."
-        )
 
 
 def clone_initializer(initializer):
@@ -153,22 +145,19 @@ class MultiHeadAttention(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         name = type(self).__name__
-        _check_positive_int(name, "num_heads", num_heads)
-        _check_positive_int(name, "key_dim", key_dim)
-        _check_positive_int(
+        check_positive_int(name, "num_heads", num_heads)
+        check_positive_int(name, "key_dim", key_dim)
+        check_positive_int(
             name, "num_key_value_heads", num_key_value_heads, allow_none=True
         )
-        _check_positive_int(name, "output_dim", output_dim, allow_none=True)
+        check_positive_int(name, "output_dim", output_dim, allow_none=True)
         if num_key_value_heads is not None and num_heads % num_key_value_heads:
             raise ValueError(
                 f"`{name}` expects `num_heads` to be divisible by "
                 f"`num_key_value_heads`. Received: num_heads={num_heads}, "
                 f"num_key_value_heads={num_key_value_heads}."
             )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(
-                f"`{name}` expects `dropout` in [0, 1). Received: {dropout}."
-            )
+        check_rate(name, "dropout", dropout)
         self.num_heads = num_heads
         self.key_dim = key_dim
         self.num_key_value_heads = num_key_value_heads
@@ -252,7 +241,12 @@ class MultiHeadAttention(keras.layers.Layer):
             shape = ops.shape(qkv)
             qkv = ops.reshape(
                 qkv,
-                (shape[0], shape[1], self.num_heads + 2 * self._kv_heads, -1),
+                (
+                    shape[0],
+                    shape[1],
+                    self.num_heads + 2 * self._kv_heads,
+                    self.key_dim,
+                ),
             )
             h, kv = self.num_heads, self._kv_heads
             q, k, v = qkv[:, :, :h], qkv[:, :, h : h + kv], qkv[:, :, h + kv :]
