@@ -63,7 +63,7 @@ def test_loss_curve_writes_png(tmp_path):
     model, x = _model_and_data()
     path = os.path.join(tmp_path, "curves", "loss.png")
     curve = LossCurve(path)
-    model.fit(
+    history = model.fit(
         x,
         x,
         batch_size=4,
@@ -75,6 +75,12 @@ def test_loss_curve_writes_png(tmp_path):
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert len(curve.train) == 6 and len(curve.validation) == 2
+    # The per-batch losses recovered from Keras' running means average back
+    # to each epoch's logged loss.
+    last_epoch = [loss for _, loss in curve.train[3:]]
+    assert np.mean(last_epoch) == pytest.approx(
+        history.history["loss"][-1], rel=1e-5
+    )
 
 
 def test_sample_generator_prints_every_n_steps():
