@@ -63,6 +63,7 @@ def main(argv=None):
         epochs=2,
         validation_data=val,
         validation_steps=10,
+        shuffle=False,  # the dataset shuffles itself
         callbacks=[
             keras_llm.callbacks.ThroughputMeter(
                 tokens_per_step=args.batch_size * args.sequence_length,

@@ -128,6 +128,19 @@ class PretrainConfig:
             raise UserError(
                 f"--learning-rate must be positive, got {self.learning_rate}"
             )
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
+        for name in ("weight_decay", "clipnorm", "min_learning_rate"):
+            if getattr(self, name) < 0:
+                raise UserError(
+                    f"--{name.replace('_', '-')} must be non-negative, got "
+                    f"{getattr(self, name)}"
+                )
+        if self.min_learning_rate > self.learning_rate:
+            raise UserError(
+                f"--min-learning-rate ({self.min_learning_rate}) must not "
+                f"exceed --learning-rate ({self.learning_rate})"
+            )
         if not 0 < self.validation_fraction < 1:
             raise UserError(
                 "--validation-fraction must be in (0, 1), got "

@@ -140,6 +140,9 @@ def test_library_call_matches_cli(tmp_path, corpus):
         (["--batch-size", "-2"], "--batch-size must be a positive integer"),
         (["--sequence-length", "0"], "--sequence-length must be a positive"),
         (["--tokenizer", "morse"], "--tokenizer must be one of"),
+        (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
+        (["--min-learning-rate", "0.1"], "must not exceed --learning-rate"),
+        (["--warmup-steps", "5000"], "must be fewer than --steps"),
     ],
 )
 def test_pretrain_bad_options(tmp_path, capsys, args, message):
