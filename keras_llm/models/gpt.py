@@ -223,6 +223,7 @@ class GPT(keras.Model):
         self.rotary_max_wavelength = rotary_max_wavelength
         self._layers_dtype = dtype
         self._generate_functions = {}
+        self._named_samplers = {}
 
     @classmethod
     def from_preset(cls, preset, **overrides):
@@ -379,10 +380,17 @@ class GPT(keras.Model):
         index = min(len(p) for p in prompts)
 
         if isinstance(sampler, str):
-            sampler = keras_hub.samplers.get(sampler)
-        if seed is not None and hasattr(sampler, "seed"):
-            sampler.seed = seed
-            sampler.seed_generator = keras.random.SeedGenerator(seed)
+            # One sampler (and one traced function) per name, not per call.
+            if sampler not in self._named_samplers:
+                self._named_samplers[sampler] = keras_hub.samplers.get(sampler)
+            sampler = self._named_samplers[sampler]
+        generator = getattr(sampler, "seed_generator", None)
+        if seed is not None and generator is not None:
+            # Reset the state the traced function reads, so a seed gives the
+            # same text on every call.
+            generator.state.assign(
+                np.array([seed, 0], dtype=generator.state.dtype)
+            )
         fn = self._compiled_generate(sampler, stop_token_ids)
         out = fn(token_ids, mask, np.int32(index))
         out = np.asarray(keras.ops.convert_to_numpy(out))

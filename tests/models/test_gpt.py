@@ -192,3 +192,14 @@ def test_bad_generate_arguments():
         model.generate(["text"], max_length=5)
     with pytest.raises(ValueError, match="at least one token"):
         model.generate([[]], max_length=5)
+
+
+def test_named_samplers_trace_once_and_seeds_repeat():
+    model = GPT(**TINY)
+    first = model.generate([[1, 2]], max_length=12, sampler="top_k", seed=9)
+    model.generate([[3, 4]], max_length=12, sampler="top_k")
+    again = model.generate([[1, 2]], max_length=12, sampler="top_k", seed=9)
+    np.testing.assert_array_equal(first, again)
+    other = model.generate([[1, 2]], max_length=12, sampler="top_k", seed=10)
+    assert not np.array_equal(first, other)
+    assert len(model._generate_functions) == 1
