@@ -7,6 +7,8 @@ efficient attention layers of `keras_llm.layers.attention` drop into the same
 block, the models and their key/value cache.
 """
 
+import copy
+
 import keras
 
 from keras_llm.checks import check_positive_int
@@ -194,7 +196,9 @@ class TransformerBlock(keras.layers.Layer):
             if self.rotary_max_wavelength is not None:
                 extra["rotary_max_wavelength"] = self.rotary_max_wavelength
             if isinstance(self.attention, dict):
-                self.self_attention = get_attention(self.attention)
+                config = copy.deepcopy(self.attention)
+                config["config"].update(extra)
+                self.self_attention = get_attention(config)
             else:
                 self.self_attention = get_attention(
                     self.attention,

@@ -50,8 +50,9 @@ class GPT(keras.Model):
             Defaults to `"gelu"`.
         dropout: float. Dropout on embeddings and residual branches.
             Defaults to `0.0`.
-        attention: attention of every block: a registered name or a layer
-            config. Defaults to `"dense"`.
+        attention: attention of every block: a registered name, a layer
+            config, or a layer whose config is copied into each block.
+            Defaults to `"dense"`.
         attention_kwargs: dict of extra attention arguments. Defaults to
             `None`.
         num_key_value_heads: int or `None`. Grouped-query attention.
@@ -129,6 +130,10 @@ class GPT(keras.Model):
                 "`GPT` expects `position_embedding` to be 'learned' or "
                 f"'rotary'. Received: {position_embedding!r}."
             )
+        if isinstance(attention, keras.layers.Layer):
+            # Every block needs its own attention: keep the config, not the
+            # instance, so each block builds a copy.
+            attention = keras.saving.serialize_keras_object(attention)
         init = keras.initializers.RandomNormal(stddev=0.02)
 
         # === Layers ===

@@ -203,3 +203,21 @@ def test_named_samplers_trace_once_and_seeds_repeat():
     other = model.generate([[1, 2]], max_length=12, sampler="top_k", seed=10)
     assert not np.array_equal(first, other)
     assert len(model._generate_functions) == 1
+
+
+def test_attention_layer_argument_is_copied_per_block(tmp_path):
+    from keras_llm.layers.attention import MultiHeadAttention
+
+    model = GPT(
+        **TINY,
+        attention=MultiHeadAttention(num_heads=2, key_dim=8, use_bias=False),
+    )
+    first, second = (b.self_attention for b in model.blocks)
+    assert first is not second and not first.use_bias
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    x = _tokens()
+    np.testing.assert_array_equal(
+        model.predict(x, verbose=0),
+        keras.saving.load_model(path).predict(x, verbose=0),
+    )
