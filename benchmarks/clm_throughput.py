@@ -256,25 +256,16 @@ def build_ours(vocabulary_size, position_embedding="rotary"):
 
 def build_keras_hub(vocabulary_size):
     """`GPT2Backbone` plus its tied embedding as the output projection."""
-    import keras
-    import keras_hub
-    from keras import ops
+    from peers import keras_hub_gpt2_lm
 
-    backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=vocabulary_size,
-        num_layers=NUM_LAYERS,
-        num_heads=NUM_HEADS,
-        hidden_dim=HIDDEN_DIM,
-        intermediate_dim=INTERMEDIATE_DIM,
-        dropout=0.0,
-        max_sequence_length=SEQUENCE_LENGTH,
+    return keras_hub_gpt2_lm(
+        vocabulary_size,
+        NUM_LAYERS,
+        NUM_HEADS,
+        HIDDEN_DIM,
+        INTERMEDIATE_DIM,
+        SEQUENCE_LENGTH,
     )
-    token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
-    hidden = backbone(
-        {"token_ids": token_ids, "padding_mask": ops.ones_like(token_ids)}
-    )
-    logits = ops.cast(backbone.token_embedding(hidden, reverse=True), "float32")
-    return keras.Model(token_ids, logits, name="keras_hub_gpt2")
 
 
 def compile_model(model, args):

@@ -22,8 +22,8 @@ import sys
 import time
 
 import keras
-import keras_hub
 import numpy as np
+from peers import keras_hub_gpt2_lm
 
 import keras_llm
 from keras_llm.callbacks.throughput_meter import ThroughputMeter
@@ -38,24 +38,14 @@ def build_ours(shape, sequence_length):
 
 
 def build_keras_hub(shape, sequence_length):
-    backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=shape["vocabulary_size"],
-        num_layers=shape["num_layers"],
-        num_heads=shape["num_heads"],
-        hidden_dim=shape["hidden_dim"],
-        intermediate_dim=shape["intermediate_dim"],
-        dropout=0.0,
-        max_sequence_length=sequence_length,
+    return keras_hub_gpt2_lm(
+        shape["vocabulary_size"],
+        shape["num_layers"],
+        shape["num_heads"],
+        shape["hidden_dim"],
+        shape["intermediate_dim"],
+        sequence_length,
     )
-    token_ids = keras.Input((None,), dtype="int32", name="token_ids")
-    hidden = backbone(
-        {"token_ids": token_ids, "padding_mask": keras.ops.ones_like(token_ids)}
-    )
-    logits = backbone.token_embedding(hidden, reverse=True)
-    model = keras.Model(token_ids, keras.ops.cast(logits, "float32"))
-    model.num_layers = shape["num_layers"]
-    model.hidden_dim = shape["hidden_dim"]
-    return model
 
 
 def compile_model(model, args):
