@@ -294,7 +294,9 @@ class GPT(keras.Model):
 
         def next(prompt, cache, index):
             cache_update_index = index - 1
-            prompt = ops.slice(prompt, [0, cache_update_index], [batch_size, 1])
+            # Beam search grows the batch to batch * beams: read it here.
+            rows = ops.shape(prompt)[0]
+            prompt = ops.slice(prompt, [0, cache_update_index], [rows, 1])
             logits, hidden, cache = self.call_with_cache(
                 prompt, cache, cache_update_index
             )

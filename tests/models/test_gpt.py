@@ -85,10 +85,23 @@ def test_samplers_and_seed():
         "top_k",
         "top_p",
         keras_hub.samplers.TopKSampler(k=3, temperature=0.7),
+        "beam",
     ):
         out = model.generate([[1, 2]], max_length=10, sampler=sampler, seed=3)
         assert out.shape == (1, 10)
         assert ((out >= 0) & (out < 20)).all()
+    beams = model.generate(
+        [[1, 2, 3], [4, 5, 6]],
+        max_length=10,
+        sampler=keras_hub.samplers.BeamSampler(num_beams=3),
+    )
+    assert beams.shape == (2, 10)
+    np.testing.assert_array_equal(beams[:, :3], [[1, 2, 3], [4, 5, 6]])
+    one_beam = model.generate(
+        [[1, 2, 3]], max_length=10, sampler=keras_hub.samplers.BeamSampler(1)
+    )
+    greedy = model.generate([[1, 2, 3]], max_length=10, sampler="greedy")
+    np.testing.assert_array_equal(one_beam, greedy)
     a = model.generate([[1, 2]], max_length=16, sampler="top_k", seed=5)
     b = model.generate([[1, 2]], max_length=16, sampler="top_k", seed=5)
     np.testing.assert_array_equal(a, b)
