@@ -1,11 +1,13 @@
 """Attention layers and the registry that `TransformerBlock(attention=...)` uses."""
 
+from keras_llm.layers.attention.base import BaseAttention
 from keras_llm.layers.attention.multi_head_attention import MultiHeadAttention
 from keras_llm.layers.attention.registry import get_attention
 from keras_llm.layers.attention.registry import register_attention
 from keras_llm.layers.attention.registry import registered_attention_names
 
 __all__ = [
+    "BaseAttention",
     "MultiHeadAttention",
     "get_attention",
     "register_attention",
