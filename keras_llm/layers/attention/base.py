@@ -59,13 +59,18 @@ def round_up(length, multiple):
     return (length + multiple - 1) // multiple * multiple
 
 
+def static_equal(a, b):
+    """Whether two lengths are known (Python ints) and equal."""
+    return isinstance(a, int) and isinstance(b, int) and a == b
+
+
 def key_validity(padding_mask, batch_size, length, padded_length):
     """`(B, padded_length)` bool: real, unpadded key positions."""
     if padding_mask is None:
         valid = ops.ones((batch_size, length), dtype="bool")
     else:
         valid = ops.cast(padding_mask, "bool")
-    if padded_length is not length:
+    if not static_equal(padded_length, length):
         valid = pad_axis(valid, padded_length - length, axis=1, value=False)
     return valid
 
