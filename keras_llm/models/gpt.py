@@ -15,7 +15,41 @@ from keras import ops
 
 from keras_llm.checks import check_positive_int
 from keras_llm.checks import check_rate
+from keras_llm.layers.attention import get_attention
+from keras_llm.layers.attention.convert import transfer_attention_weights
 from keras_llm.layers.transformer_block import TransformerBlock
+
+
+_MODEL_ARGUMENTS = ("name", "trainable")
+
+
+def _attention_options(attention, attention_kwargs, kwargs, heads, width):
+    """Moves attention arguments given to the model into `attention_kwargs`
+    and checks them by building one (unbuilt) attention layer."""
+    extra = {k: kwargs.pop(k) for k in list(kwargs) if k not in
+             _MODEL_ARGUMENTS}  # fmt: skip
+    if not extra:
+        return attention_kwargs
+    if not isinstance(attention, str):
+        raise TypeError(
+            f"`GPT` got unexpected arguments {sorted(extra)}; attention "
+            "arguments go with a registered attention name."
+        )
+    options = {**(attention_kwargs or {}), **extra}
+    try:
+        get_attention(
+            attention, num_heads=heads, key_dim=width // heads, **options
+        )
+    except (TypeError, ValueError) as error:
+        if isinstance(error, ValueError) and "Unrecognized keyword" not in (
+            str(error)
+        ):
+            raise
+        raise TypeError(
+            f"`GPT` got arguments {sorted(extra)} that neither keras.Model "
+            f"nor attention={attention!r} accepts: {error}"
+        ) from None
+    return options
 
 
 def _as_str(text):
@@ -67,7 +101,10 @@ class GPT(keras.Model):
             Defaults to `10000`.
         dtype: dtype policy of the layers, or `None` for the global policy.
             Defaults to `None`.
-        **kwargs: `keras.Model` arguments such as `name`.
+        **kwargs: `keras.Model` arguments (`name`, `trainable`); any other
+            keyword is an argument of the named attention and is merged into
+            `attention_kwargs`, so
+            `GPT(..., attention="sliding_window", window=256)` works.
 
     Example:
 
@@ -134,6 +171,9 @@ class GPT(keras.Model):
             # Every block needs its own attention: keep the config, not the
             # instance, so each block builds a copy.
             attention = keras.saving.serialize_keras_object(attention)
+        attention_kwargs = _attention_options(
+            attention, attention_kwargs, kwargs, num_heads, hidden_dim
+        )
         init = keras.initializers.RandomNormal(stddev=0.02)
 
         # === Layers ===
@@ -473,6 +513,45 @@ class GPT(keras.Model):
         ):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
         return cls(**config)
+
+    def with_attention(self, attention, **attention_kwargs):
+        """The same model with another attention in every block, same weights.
+
+        A model trained with dense attention switches to an efficient one
+        for longer inputs without retraining: all weights are copied, the
+        attention projections converted between layouts where they differ
+        (see `keras_llm.layers.attention.convert`).
+
+        Args:
+            attention: a registered attention name (or layer config).
+            **attention_kwargs: its arguments, for example `window=512`.
+
+        Returns:
+            A new, built `GPT`.
+
+        Example:
+
+        ```python
+        import keras_llm
+
+        dense = keras_llm.models.GPT(
+            vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=16,
+            max_sequence_length=64,
+        )
+        local = dense.with_attention("sliding_window", window=16)
+        ```
+        """
+        config = self.get_config()
+        config["attention"] = attention
+        config["attention_kwargs"] = attention_kwargs or None
+        model = type(self).from_config(config)
+        source = {w.path: w for w in self.weights}
+        for weight in model.weights:
+            if "/self_attention/" not in weight.path:
+                weight.assign(source[weight.path])
+        for old, new in zip(self.blocks, model.blocks):
+            transfer_attention_weights(old.self_attention, new.self_attention)
+        return model
 
     def num_parameters(self, exclude_embeddings=False):
         """Number of parameters; optionally without the embedding tables."""
