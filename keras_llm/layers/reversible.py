@@ -255,7 +255,7 @@ class ReversibleBlock(keras.layers.Layer):
         x1, x2 = inputs
         return self.forward(x1, x2, padding_mask, training)
 
-    def compute_output_shape(self, inputs_shape):
+    def compute_output_shape(self, inputs_shape, *args, **kwargs):
         return tuple(tuple(s) for s in inputs_shape)
 
     def get_config(self):
@@ -552,7 +552,7 @@ class ReversibleStack(keras.layers.Layer):
 
         return reversible_stack(inputs)
 
-    def compute_output_shape(self, inputs_shape):
+    def compute_output_shape(self, inputs_shape, *args, **kwargs):
         return tuple(inputs_shape)
 
     def compute_mask(self, inputs, mask=None):

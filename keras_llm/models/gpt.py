@@ -19,7 +19,6 @@ from keras_llm.layers.attention import get_attention
 from keras_llm.layers.attention.convert import transfer_attention_weights
 from keras_llm.layers.transformer_block import TransformerBlock
 
-
 _MODEL_ARGUMENTS = ("name", "trainable")
 
 

@@ -12,7 +12,9 @@ def outputs_and_gradients(layer, x, **call_kwargs):
         tape.watch(x)
         out = layer(x, **call_kwargs)
         loss = tf.reduce_sum(out * tf.constant(weights, out.dtype))
-    grads = tape.gradient(loss, [x] + [w.value for w in layer.trainable_weights])
+    grads = tape.gradient(
+        loss, [x] + [w.value for w in layer.trainable_weights]
+    )
     return [out.numpy()] + [g.numpy() for g in grads]
 
 

@@ -60,7 +60,9 @@ def test_layer_contract_bidirectional_dropout():
 )
 def test_every_block_selected_equals_dense(pattern, causal):
     t = 30  # 8 blocks of 4, the last one padded
-    layer = BlockSparseAttention(num_heads=2, key_dim=8, block_size=4, **pattern)
+    layer = BlockSparseAttention(
+        num_heads=2, key_dim=8, block_size=4, **pattern
+    )
     assert_same_function(
         layer,
         BaseAttention(num_heads=2, key_dim=8),
@@ -102,7 +104,8 @@ def test_sparse_pattern_equals_dense_under_its_mask(causal):
 def test_pattern_is_fixed_by_the_seed_and_survives_saving():
     def pattern(layer):
         return [
-            keras.ops.convert_to_numpy(a) for a in layer.block_pattern(16, False)
+            keras.ops.convert_to_numpy(a)
+            for a in layer.block_pattern(16, False)
         ]
 
     a = BlockSparseAttention(num_heads=2, key_dim=8, block_size=2, seed=1)
