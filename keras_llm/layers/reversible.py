@@ -92,7 +92,10 @@ class ReversibleBlock(keras.layers.Layer):
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
-        inputs: a pair `(x1, x2)` of `(B, T, hidden_dim)` tensors.
+        inputs: a pair `(x1, x2)` of `(B, T, hidden_dim)` tensors, or `x1`
+            alone when `x2` is given.
+        x2: `(B, T, hidden_dim)` tensor, the second half, when `inputs` is
+            `x1` alone. Defaults to `None`.
         padding_mask: `(B, T)` mask of valid positions, or `None`.
         training: bool.
 
@@ -163,7 +166,7 @@ class ReversibleBlock(keras.layers.Layer):
             name=name,
         )
 
-    def build(self, inputs_shape):
+    def build(self, inputs_shape, x2_shape=None):
         # Accept the pair of shapes (the call input) or one half's shape.
         if isinstance(inputs_shape, (list, tuple)) and inputs_shape and (
             isinstance(inputs_shape[0], (list, tuple))
@@ -251,12 +254,15 @@ class ReversibleBlock(keras.layers.Layer):
         x1 = y1 - self.f(x2, padding_mask, training)
         return x1, x2
 
-    def call(self, inputs, padding_mask=None, training=None):
-        x1, x2 = inputs
-        return self.forward(x1, x2, padding_mask, training)
+    def call(self, inputs, x2=None, padding_mask=None, training=None):
+        if x2 is None:
+            inputs, x2 = inputs
+        return self.forward(inputs, x2, padding_mask, training)
 
-    def compute_output_shape(self, inputs_shape, *args, **kwargs):
-        return tuple(tuple(s) for s in inputs_shape)
+    def compute_output_shape(self, inputs_shape, x2_shape=None, **kwargs):
+        if x2_shape is None:
+            inputs_shape, x2_shape = inputs_shape
+        return tuple(inputs_shape), tuple(x2_shape)
 
     def get_config(self):
         config = super().get_config()

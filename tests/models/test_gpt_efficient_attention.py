@@ -14,6 +14,7 @@ from keras_llm.models import GPT
 EFFICIENT = {
     "sliding_window": dict(window=16),
     "block_sparse": dict(block_size=8, num_random_blocks=1, seed=1),
+    "axial": dict(axial_shape=(8,)),
 }
 VOCAB = 40
 
@@ -93,6 +94,7 @@ def test_attention_arguments_pass_through_the_model():
     [
         ("sliding_window", dict(window=5, num_global_tokens=2)),
         ("block_sparse", dict(block_size=4, num_random_blocks=1, seed=3)),
+        ("axial", dict(axial_shape=(4,))),
     ],
 )
 def test_cached_decoding_matches_the_full_forward_pass(attention, options):

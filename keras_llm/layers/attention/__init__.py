@@ -1,5 +1,6 @@
 """Attention layers and the registry that `TransformerBlock(attention=...)` uses."""
 
+from keras_llm.layers.attention.axial import AxialAttention
 from keras_llm.layers.attention.base import BaseAttention
 from keras_llm.layers.attention.block_sparse import BlockSparseAttention
 from keras_llm.layers.attention.multi_head_attention import MultiHeadAttention
@@ -9,6 +10,7 @@ from keras_llm.layers.attention.registry import registered_attention_names
 from keras_llm.layers.attention.sliding_window import SlidingWindowAttention
 
 __all__ = [
+    "AxialAttention",
     "BaseAttention",
     "BlockSparseAttention",
     "MultiHeadAttention",
