@@ -168,8 +168,10 @@ class ReversibleBlock(keras.layers.Layer):
 
     def build(self, inputs_shape, x2_shape=None):
         # Accept the pair of shapes (the call input) or one half's shape.
-        if isinstance(inputs_shape, (list, tuple)) and inputs_shape and (
-            isinstance(inputs_shape[0], (list, tuple))
+        if (
+            isinstance(inputs_shape, (list, tuple))
+            and inputs_shape
+            and (isinstance(inputs_shape[0], (list, tuple)))
         ):
             inputs_shape = inputs_shape[0]
         inputs_shape = tuple(inputs_shape)
@@ -227,6 +229,11 @@ class ReversibleBlock(keras.layers.Layer):
         )
         self.built = True
 
+    def _build_for(self, x):
+        """Builds the block on first use through `forward` / `inverse`."""
+        if not self.built:
+            self.build(tuple(x.shape))
+
     def f(self, x, padding_mask=None, training=None):
         """The attention branch `F(x) = attention(norm(x))`."""
         h = self.self_attention(
@@ -244,12 +251,14 @@ class ReversibleBlock(keras.layers.Layer):
 
     def forward(self, x1, x2, padding_mask=None, training=None):
         """`(x1, x2) -> (y1, y2)`: `y1 = x1 + F(x2)`, `y2 = x2 + G(y1)`."""
+        self._build_for(x1)
         y1 = x1 + self.f(x2, padding_mask, training)
         y2 = x2 + self.g(y1, training)
         return y1, y2
 
     def inverse(self, y1, y2, padding_mask=None, training=None):
         """`(y1, y2) -> (x1, x2)`: `x2 = y2 - G(y1)`, `x1 = y1 - F(x2)`."""
+        self._build_for(y1)
         x2 = y2 - self.g(y1, training)
         x1 = y1 - self.f(x2, padding_mask, training)
         return x1, x2
@@ -346,13 +355,16 @@ class ReversibleStack(keras.layers.Layer):
 
     Precision: reconstructing inputs from outputs subtracts `F` and `G`
     again, which is exact only up to rounding. In float32 the gradients
-    match ordinary autodiff to about 1e-6. Under `mixed_float16` /
-    `mixed_bfloat16` the blocks compute in 16 bits and each reconstructed
-    activation carries an error of the order of the format's precision times
-    the activation's magnitude (about 1e-3 relative in float16, 1e-2 in
-    bfloat16), which accumulates over the blocks of the backward pass; the
-    resulting gradients are noisier than autodiff's but training is
-    unaffected in practice (the Reformer trains this way).
+    match ordinary autodiff to a few 1e-6 (absolute, on gradients of order
+    10). Under `mixed_float16` / `mixed_bfloat16` the blocks compute in 16
+    bits, so each reconstructed activation carries an error of the order of
+    the format's precision times the activation's magnitude, and it
+    accumulates over the blocks of the backward pass. Measured on unit-scale
+    inputs: one block's `inverse(forward(x))` is off by up to 2e-3 in
+    float16 and 8e-3 in bfloat16 (2e-7 in float32), and the gradients of a
+    3-block stack differ from autodiff's by up to 0.2% (float16) and 1%
+    (bfloat16) of the largest gradient. Training is unaffected in practice
+    (the Reformer trains this way), but do not expect bit-equal gradients.
 
     Args:
         num_layers: int. Number of reversible blocks.
@@ -516,6 +528,12 @@ class ReversibleStack(keras.layers.Layer):
                 out = (y1 + y2) * tf.cast(0.5, y1.dtype)
 
             def grad(dout, variables=None):
+                # `variables` are the tf.Variables TF saw being read in the
+                # forward pass (the ones keras Variables wrap, or a
+                # distributed variable's local copy), in TF's own order. The
+                # recomputation reads the same objects, so differentiating
+                # with respect to them directly gives the gradients in the
+                # order TF expects, with no mapping to keras Variables.
                 variables = list(variables or [])
                 half = tf.cast(0.5, dout.dtype)
                 dy1 = dy2 = dout * half

@@ -48,8 +48,7 @@ class BlockSparseAttention(BaseAttention):
         num_global_blocks: int. Leading global blocks. Defaults to `1`.
         num_random_blocks: int. Random key blocks per query block.
             Defaults to `2`.
-        seed: int. Seed of the random blocks (and of attention dropout).
-            Defaults to `0`.
+        seed: int. Seed of the random blocks. Defaults to `0`.
         **kwargs: the arguments of `BaseAttention` and `keras.layers.Layer`.
 
     Call arguments:
@@ -114,9 +113,10 @@ class BlockSparseAttention(BaseAttention):
                     f"`{name}` expects `{arg}` to be a non-negative int. "
                     f"Received: {arg}={value!r}."
                 )
-        super().__init__(
-            num_heads=num_heads, key_dim=key_dim, seed=seed, **kwargs
-        )
+        # `seed` fixes the pattern only: passed on as Keras MHA's dropout
+        # seed it would give every block the same dropout masks.
+        super().__init__(num_heads=num_heads, key_dim=key_dim, **kwargs)
+        self.pattern_seed = seed
         self.block_size = block_size
         self.num_window_blocks = num_window_blocks
         self.num_global_blocks = num_global_blocks
@@ -161,7 +161,7 @@ class BlockSparseAttention(BaseAttention):
             candidate = ops.logical_and(
                 outside_window(cols), ops.greater_equal(cols, gb)
             )
-            draws = keras.random.uniform((n, n), seed=self.seed)
+            draws = keras.random.uniform((n, n), seed=self.pattern_seed)
             draws = ops.where(candidate, draws, -1.0)
             # Pad so that top_k has `r` columns even with fewer blocks.
             draws = ops.concatenate([draws, -ops.ones((n, r))], axis=1)
@@ -263,6 +263,7 @@ class BlockSparseAttention(BaseAttention):
                 "num_window_blocks": self.num_window_blocks,
                 "num_global_blocks": self.num_global_blocks,
                 "num_random_blocks": self.num_random_blocks,
+                "seed": self.pattern_seed,
             }
         )
         return config
