@@ -20,6 +20,10 @@ running out of memory does not end the run. Time is the median of
 faster and 8x less peak memory than dense; our time at most 2.3x per
 doubling of T. A table, a JSON and a log-log PNG of both curves are written.
 
+The same run then measures a 12-block `ReversibleStack` at T=1024 against
+the ordinary stack of the same blocks (`benchmarks/reversible_memory.py`,
+target: activation memory at most a third); `--skip-reversible` skips it.
+
 Run from the repository root:
 
     python benchmarks/attention_scaling.py
@@ -62,7 +66,6 @@ def measure(name, length, heads, head_dim, window, repeats, jit):
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
-    import numpy as np
     import tensorflow as tf
 
     from keras_llm.layers import attention
@@ -236,6 +239,7 @@ def main(argv=None):
     parser.add_argument("--jit", action="store_true", help="XLA-compile")
     parser.add_argument("--timeout", type=int, default=900)
     parser.add_argument("--out", default="runs/bench_attention")
+    parser.add_argument("--skip-reversible", action="store_true")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -292,6 +296,20 @@ def main(argv=None):
     with open(os.path.join(args.out, "attention_scaling.json"), "w") as f:
         json.dump(record, f, indent=2)
     print(f"\nplot: {png}")
+    if not args.skip_reversible:
+        print(
+            "\nReversible stack (benchmarks/reversible_memory.py):", flush=True
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                os.path.join(REPO_ROOT, "benchmarks", "reversible_memory.py"),
+                "--out",
+                os.path.join(os.path.abspath(args.out), "reversible.json"),
+            ],
+            cwd=REPO_ROOT,
+            check=True,
+        )
 
 
 if __name__ == "__main__":
