@@ -22,15 +22,13 @@ and on another backend the stack falls back to ordinary autodiff (same
 outputs and gradients, no memory saving).
 """
 
-import copy
-
 import keras
 from keras import ops
 
 from keras_llm.checks import check_positive_int
 from keras_llm.checks import check_rate
 from keras_llm.layers.attention.multi_head_attention import clone_initializer
-from keras_llm.layers.attention.registry import get_attention
+from keras_llm.layers.attention.registry import make_attention
 from keras_llm.layers.feed_forward import FeedForward
 
 
@@ -190,25 +188,16 @@ class ReversibleBlock(keras.layers.Layer):
         extra = dict(self.attention_kwargs)
         if self.rotary_max_wavelength is not None:
             extra["rotary_max_wavelength"] = self.rotary_max_wavelength
-        if isinstance(self.attention, dict):
-            config = copy.deepcopy(self.attention)
-            config["config"].update(extra)
-            config["config"]["name"] = "self_attention"
-            config["config"]["dtype"] = keras.saving.serialize_keras_object(
-                self.dtype_policy
-            )
-            self.self_attention = get_attention(config)
-        else:
-            kwargs = dict(
-                num_heads=self.num_heads,
-                key_dim=self.key_dim or hidden_dim // self.num_heads,
-                use_bias=self.use_bias,
-                kernel_initializer=clone_initializer(self.kernel_initializer),
-                dtype=self.dtype_policy,
-                name="self_attention",
-            )
-            kwargs.update(extra)
-            self.self_attention = get_attention(self.attention, **kwargs)
+        self.self_attention = make_attention(
+            self.attention,
+            extra,
+            num_heads=self.num_heads,
+            key_dim=self.key_dim or hidden_dim // self.num_heads,
+            use_bias=self.use_bias,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            dtype=self.dtype_policy,
+            name="self_attention",
+        )
         self.self_attention.build(inputs_shape)
         self.attention_norm = self._norm("attention_norm")
         self.attention_norm.build(inputs_shape)
@@ -443,20 +432,6 @@ class ReversibleStack(keras.layers.Layer):
         super().__init__(**kwargs)
         name = type(self).__name__
         check_positive_int(name, "num_layers", num_layers)
-        check_positive_int(name, "num_heads", num_heads)
-        check_positive_int(name, "intermediate_dim", intermediate_dim)
-        check_positive_int(name, "key_dim", key_dim, allow_none=True)
-        check_rate(name, "dropout", dropout)
-        _check_attention(name, attention)
-        attention_dropout = dict(attention_kwargs or {}).get("dropout", 0.0)
-        if reversible and (dropout > 0 or attention_dropout):
-            raise ValueError(
-                f"`{name}` with reversible=True recomputes each block in the "
-                "backward pass and cannot replay dropout masks, so it needs "
-                "dropout=0 (and no 'dropout' in attention_kwargs). Received: "
-                f"dropout={dropout!r}, attention_kwargs dropout="
-                f"{attention_dropout!r}. Use reversible=False for dropout."
-            )
         self.num_layers = num_layers
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
@@ -470,6 +445,16 @@ class ReversibleStack(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.use_bias = use_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        ReversibleBlock(**self._block_arguments())  # checks them
+        attention_dropout = self.attention_kwargs.get("dropout", 0.0)
+        if reversible and (dropout > 0 or attention_dropout):
+            raise ValueError(
+                f"`{name}` with reversible=True recomputes each block in the "
+                "backward pass and cannot replay dropout masks, so it needs "
+                "dropout=0 (and no 'dropout' in attention_kwargs). Received: "
+                f"dropout={dropout!r}, attention_kwargs dropout="
+                f"{attention_dropout!r}. Use reversible=False for dropout."
+            )
         self.reversible = reversible
         self.supports_masking = True
 
@@ -482,24 +467,29 @@ class ReversibleStack(keras.layers.Layer):
         self.blocks = []
         for i in range(self.num_layers):
             block = ReversibleBlock(
-                num_heads=self.num_heads,
-                intermediate_dim=self.intermediate_dim,
-                attention=self.attention,
-                attention_kwargs=self.attention_kwargs,
-                key_dim=self.key_dim,
-                activation=self.activation,
-                dropout=self.dropout,
-                causal=self.causal,
-                rotary_max_wavelength=self.rotary_max_wavelength,
-                layer_norm_epsilon=self.layer_norm_epsilon,
-                use_bias=self.use_bias,
-                kernel_initializer=clone_initializer(self.kernel_initializer),
+                **self._block_arguments(),
                 dtype=self.dtype_policy,
                 name=f"block_{i}",
             )
             block.build(inputs_shape)
             self.blocks.append(block)
         self.built = True
+
+    def _block_arguments(self):
+        return dict(
+            num_heads=self.num_heads,
+            intermediate_dim=self.intermediate_dim,
+            attention=self.attention,
+            attention_kwargs=self.attention_kwargs,
+            key_dim=self.key_dim,
+            activation=self.activation,
+            dropout=self.dropout,
+            causal=self.causal,
+            rotary_max_wavelength=self.rotary_max_wavelength,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            use_bias=self.use_bias,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+        )
 
     def _forward(self, x, padding_mask, training):
         x1 = x2 = x

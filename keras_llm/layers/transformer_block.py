@@ -7,14 +7,13 @@ efficient attention layers of `keras_llm.layers.attention` drop into the same
 block, the models and their key/value cache.
 """
 
-import copy
-
 import keras
 
 from keras_llm.checks import check_positive_int
 from keras_llm.checks import check_rate
 from keras_llm.layers.attention.multi_head_attention import clone_initializer
 from keras_llm.layers.attention.registry import get_attention
+from keras_llm.layers.attention.registry import make_attention
 from keras_llm.layers.feed_forward import FeedForward
 
 
@@ -195,17 +194,11 @@ class TransformerBlock(keras.layers.Layer):
             extra = dict(self.attention_kwargs)
             if self.rotary_max_wavelength is not None:
                 extra["rotary_max_wavelength"] = self.rotary_max_wavelength
-            if isinstance(self.attention, dict):
-                config = copy.deepcopy(self.attention)
-                config["config"].update(extra)
-                self.self_attention = get_attention(config)
-            else:
-                self.self_attention = get_attention(
-                    self.attention,
-                    **self._make_attention(
-                        "self_attention", hidden_dim, **extra
-                    ),
-                )
+            self.self_attention = make_attention(
+                self.attention,
+                extra,
+                **self._make_attention("self_attention", hidden_dim),
+            )
         if not self.self_attention.built:
             self.self_attention.build(inputs_shape)
         self.self_attention_norm = self._norm("self_attention_norm")

@@ -23,6 +23,7 @@ from keras_llm.checks import check_positive_int
 from keras_llm.layers.attention.multi_head_attention import (
     merge_attention_masks,
 )
+from keras_llm.layers.attention.multi_head_attention import update_cache
 from keras_llm.layers.attention.registry import register_attention
 
 # Added to masked scores in float32; finite, so a fully masked row (a padded
@@ -308,13 +309,7 @@ class BaseAttention(keras.layers.MultiHeadAttention):
                 f"`{type(self).__name__}` needs `cache_update_index` with "
                 "`cache`."
             )
-        k_cache = ops.slice_update(
-            cache[:, 0], [0, index, 0, 0], ops.cast(k, cache.dtype)
-        )
-        v_cache = ops.slice_update(
-            cache[:, 1], [0, index, 0, 0], ops.cast(v, cache.dtype)
-        )
-        cache = ops.stack([k_cache, v_cache], axis=1)
+        k_cache, v_cache, cache = update_cache(cache, k, v, index)
         query_length = ops.shape(q)[1]
         key_length = ops.shape(k_cache)[1]
         mask = merge_attention_masks(
@@ -328,14 +323,23 @@ class BaseAttention(keras.layers.MultiHeadAttention):
         positions = ops.arange(query_length, dtype="int32") + ops.cast(
             index, "int32"
         )
-        pattern = self._pattern_mask(positions, key_length)
+        out = self._cached_attend(
+            q,
+            ops.cast(k_cache, q.dtype),
+            ops.cast(v_cache, q.dtype),
+            mask,
+            positions,
+            training,
+        )
+        return out, cache
+
+    def _cached_attend(self, q, k, v, mask, query_positions, training):
+        """Attention of new queries over all cached keys while decoding:
+        dense, under `mask` and the layer's `_pattern_mask`."""
+        pattern = self._pattern_mask(query_positions, ops.shape(k)[1])
         if pattern is not None:
             mask = ops.logical_and(mask, pattern[None, None])
-        out = self._dense_attend(
-            q, ops.cast(k_cache, q.dtype), ops.cast(v_cache, q.dtype), mask,
-            training,
-        )  # fmt: skip
-        return out, cache
+        return self._dense_attend(q, k, v, mask, training)
 
     def _dropout_probs(self, probs, dtype, training):
         """Attention dropout on float32 probabilities, cast for the values."""

@@ -27,9 +27,6 @@ from keras_llm.layers.attention.base import key_validity
 from keras_llm.layers.attention.base import masked_softmax
 from keras_llm.layers.attention.base import pad_axis
 from keras_llm.layers.attention.base import round_up
-from keras_llm.layers.attention.multi_head_attention import (
-    merge_attention_masks,
-)
 from keras_llm.layers.attention.registry import register_attention
 
 # Score of a query against its own key (Reformer's value): finite and far
@@ -382,49 +379,19 @@ class LSHAttention(BaseAttention):
         """`None`: cached decoding attends densely (causal) over the cache."""
         return None
 
-    def _attend_with_cache(
-        self, q, k, v, cache, index, padding_mask, attention_mask, training
-    ):
+    def _cached_attend(self, q, k, v, mask, query_positions, training):
         """Dense causal shared-QK attention over the cache, with the same
         self-attention penalty as the hashed pass."""
-        if index is None:
-            raise ValueError(
-                f"`{type(self).__name__}` needs `cache_update_index` with "
-                "`cache`."
-            )
-        k_cache = ops.slice_update(
-            cache[:, 0], [0, index, 0, 0], ops.cast(k, cache.dtype)
-        )
-        v_cache = ops.slice_update(
-            cache[:, 1], [0, index, 0, 0], ops.cast(v, cache.dtype)
-        )
-        cache = ops.stack([k_cache, v_cache], axis=1)
-        query_length = ops.shape(q)[1]
-        key_length = ops.shape(k_cache)[1]
-        mask = merge_attention_masks(
-            padding_mask,
-            attention_mask,
-            use_causal_mask=True,
-            query_length=query_length,
-            key_length=key_length,
-            query_start=index,
-        )
-        q_pos = ops.arange(query_length, dtype="int32") + ops.cast(
-            index, "int32"
-        )
-        k_pos = ops.arange(key_length, dtype="int32")
-        scores = ops.einsum(
-            "bqhd,bkhd->bhqk", q, ops.cast(k_cache, q.dtype)
-        )
+        k_pos = ops.arange(ops.shape(k)[1], dtype="int32")
+        scores = ops.cast(ops.einsum("bqhd,bkhd->bhqk", q, k), "float32")
         scores = ops.where(
-            ops.equal(q_pos[:, None], k_pos[None, :])[None, None],
+            ops.equal(query_positions[:, None], k_pos[None, :])[None, None],
             SELF_ATTENTION_VALUE,
-            ops.cast(scores, "float32"),
+            scores,
         )
         probs = masked_softmax(scores, mask)
         probs = self._dropout_probs(probs, v.dtype, training)
-        out = ops.einsum("bhqk,bkhd->bqhd", probs, ops.cast(v_cache, v.dtype))
-        return out, cache
+        return ops.einsum("bhqk,bkhd->bqhd", probs, v)
 
     def get_config(self):
         config = super().get_config()

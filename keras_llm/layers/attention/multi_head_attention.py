@@ -67,6 +67,19 @@ def merge_attention_masks(
     return mask
 
 
+def update_cache(cache, key, value, index):
+    """Writes new keys and values into a `(B, 2, S, heads, dim)` cache.
+
+    Returns:
+        `(keys, values, cache)`: the whole cached keys and values (in the
+        cache dtype) and the updated cache.
+    """
+    start = [0, index, 0, 0]
+    keys = ops.slice_update(cache[:, 0], start, ops.cast(key, cache.dtype))
+    values = ops.slice_update(cache[:, 1], start, ops.cast(value, cache.dtype))
+    return keys, values, ops.stack([keys, values], axis=1)
+
+
 @keras.saving.register_keras_serializable(package="keras_llm")
 @register_attention("dense", "multi_head")
 class MultiHeadAttention(keras.layers.Layer):
@@ -272,14 +285,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 raise ValueError(
                     f"`{self.name}` needs `cache_update_index` with `cache`."
                 )
-            k_cache = ops.slice_update(
-                cache[:, 0], [0, start, 0, 0], ops.cast(k, cache.dtype)
-            )
-            v_cache = ops.slice_update(
-                cache[:, 1], [0, start, 0, 0], ops.cast(v, cache.dtype)
-            )
-            cache = ops.stack([k_cache, v_cache], axis=1)
-            k, v = k_cache, v_cache
+            k, v, cache = update_cache(cache, k, v, start)
             # Keys beyond the cached positions are zeros; causality hides them.
             mask = merge_attention_masks(
                 padding_mask,

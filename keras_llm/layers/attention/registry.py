@@ -11,6 +11,8 @@ a ``cache`` is passed. Its constructor takes ``num_heads`` and ``key_dim``
 (plus its own keyword arguments).
 """
 
+import copy
+
 import keras
 
 _ATTENTION_REGISTRY = {}
@@ -87,3 +89,31 @@ def get_attention(identifier, **kwargs):
         f"keras.layers.Layer instance. Received: {identifier!r} of type "
         f"{type(identifier).__name__}."
     )
+
+
+def make_attention(identifier, options=None, **defaults):
+    """Builds the attention layer of a block.
+
+    Args:
+        identifier: a registered name or a serialized layer config.
+        options: dict of the attention's own arguments (for example
+            `{"window": 256}`); they win over `defaults` and over the values
+            in a config.
+        **defaults: the block's arguments for a named attention (`num_heads`,
+            `key_dim`, `dtype`, `name`, ...). For a config only `name` and
+            `dtype` are applied, so each block names and types its own copy.
+
+    Returns:
+        An unbuilt attention layer.
+    """
+    options = dict(options or {})
+    if isinstance(identifier, dict):
+        config = copy.deepcopy(identifier)
+        for key in ("name", "dtype"):
+            if key in defaults:
+                config["config"][key] = keras.saving.serialize_keras_object(
+                    defaults[key]
+                )
+        config["config"].update(options)
+        return get_attention(config)
+    return get_attention(identifier, **{**defaults, **options})
