@@ -29,7 +29,7 @@ from keras_llm.checks import check_positive_int
 from keras_llm.checks import check_rate
 from keras_llm.layers.attention.multi_head_attention import clone_initializer
 from keras_llm.layers.attention.registry import make_attention
-from keras_llm.layers.feed_forward import FeedForward
+from keras_llm.layers.transformer_block import BlockParts
 
 
 def _check_attention(owner, attention):
@@ -47,7 +47,7 @@ def _check_attention(owner, attention):
 
 
 @keras.saving.register_keras_serializable(package="keras_llm")
-class ReversibleBlock(keras.layers.Layer):
+class ReversibleBlock(BlockParts, keras.layers.Layer):
     """One reversible residual pair of the Reformer: attention, then FFN.
 
     With `F(x) = attention(norm_f(x))` and `G(x) = ffn(norm_g(x))` the block
@@ -156,14 +156,6 @@ class ReversibleBlock(keras.layers.Layer):
         self.use_bias = use_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
-    def _norm(self, name):
-        return keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon,
-            center=self.use_bias,
-            dtype=self.dtype_policy,
-            name=name,
-        )
-
     def build(self, inputs_shape, x2_shape=None):
         # Accept the pair of shapes (the call input) or one half's shape.
         if (
@@ -201,21 +193,7 @@ class ReversibleBlock(keras.layers.Layer):
         self.self_attention.build(inputs_shape)
         self.attention_norm = self._norm("attention_norm")
         self.attention_norm.build(inputs_shape)
-        self.feed_forward = FeedForward(
-            self.intermediate_dim,
-            activation=self.activation,
-            dropout=self.dropout,
-            use_bias=self.use_bias,
-            kernel_initializer=clone_initializer(self.kernel_initializer),
-            dtype=self.dtype_policy,
-            name="feed_forward",
-        )
-        self.feed_forward.build(inputs_shape)
-        self.feed_forward_norm = self._norm("feed_forward_norm")
-        self.feed_forward_norm.build(inputs_shape)
-        self.residual_dropout = keras.layers.Dropout(
-            self.dropout, dtype=self.dtype_policy, name="residual_dropout"
-        )
+        self._build_feed_forward(inputs_shape)
         self.built = True
 
     def _build_for(self, x):

@@ -17,8 +17,40 @@ from keras_llm.layers.attention.registry import make_attention
 from keras_llm.layers.feed_forward import FeedForward
 
 
+class BlockParts:
+    """Sublayers that every Transformer-style block builds the same way:
+    layer norms, the feed-forward network with its norm, residual dropout.
+    Mixed into a `keras.layers.Layer` with `layer_norm_epsilon`, `use_bias`,
+    `intermediate_dim`, `activation`, `dropout` and `kernel_initializer`."""
+
+    def _norm(self, name):
+        return keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon,
+            center=self.use_bias,
+            dtype=self.dtype_policy,
+            name=name,
+        )
+
+    def _build_feed_forward(self, inputs_shape):
+        self.feed_forward = FeedForward(
+            self.intermediate_dim,
+            activation=self.activation,
+            dropout=self.dropout,
+            use_bias=self.use_bias,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            dtype=self.dtype_policy,
+            name="feed_forward",
+        )
+        self.feed_forward.build(inputs_shape)
+        self.feed_forward_norm = self._norm("feed_forward_norm")
+        self.feed_forward_norm.build(inputs_shape)
+        self.residual_dropout = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy, name="residual_dropout"
+        )
+
+
 @keras.saving.register_keras_serializable(package="keras_llm")
-class TransformerBlock(keras.layers.Layer):
+class TransformerBlock(BlockParts, keras.layers.Layer):
     """Transformer block, pre-LN or post-LN, bidirectional or causal.
 
     Pre-LN (the default, GPT-2 style) computes
@@ -154,14 +186,6 @@ class TransformerBlock(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.supports_masking = True
 
-    def _norm(self, name):
-        return keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon,
-            center=self.use_bias,
-            dtype=self.dtype_policy,
-            name=name,
-        )
-
     def _make_attention(self, name, hidden_dim, **extra):
         kwargs = dict(
             num_heads=self.num_heads,
@@ -214,21 +238,7 @@ class TransformerBlock(keras.layers.Layer):
             self.cross_attention_layer.build(inputs_shape, enc_shape)
             self.cross_attention_norm = self._norm("cross_attention_norm")
             self.cross_attention_norm.build(inputs_shape)
-        self.feed_forward = FeedForward(
-            self.intermediate_dim,
-            activation=self.activation,
-            dropout=self.dropout,
-            use_bias=self.use_bias,
-            kernel_initializer=clone_initializer(self.kernel_initializer),
-            dtype=self.dtype_policy,
-            name="feed_forward",
-        )
-        self.feed_forward.build(inputs_shape)
-        self.feed_forward_norm = self._norm("feed_forward_norm")
-        self.feed_forward_norm.build(inputs_shape)
-        self.residual_dropout = keras.layers.Dropout(
-            self.dropout, dtype=self.dtype_policy, name="residual_dropout"
-        )
+        self._build_feed_forward(inputs_shape)
         self.built = True
 
     def _sublayer(self, x, norm, fn, training):
