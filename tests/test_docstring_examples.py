@@ -6,6 +6,7 @@ import re
 import pytest
 
 import keras_llm
+import keras_llm.data.digits
 
 PUBLIC = [
     keras_llm.layers.TransformerBlock,
@@ -22,6 +23,7 @@ PUBLIC = [
     keras_llm.models.GPT,
     keras_llm.models.GPT.with_attention,
     keras_llm.data.CharacterTokenizer,
+    keras_llm.data.digits.load_digits,
     keras_llm.callbacks.ThroughputMeter,
     keras_llm.pretrain,
     keras_llm.generate_text,
