@@ -39,21 +39,44 @@ import sys
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+
+def _keras_mha(heads, head_dim, window, sliding=False):
+    import keras
+
+    return keras.layers.MultiHeadAttention(
+        num_heads=heads, key_dim=head_dim,
+        sliding_window=window if sliding else None,
+    )  # fmt: skip
+
+
+def _ours(name, **options):
+    def make(heads, head_dim, window):
+        from keras_llm.layers import attention
+
+        layer_options = {k: v(window) for k, v in options.items()}
+        return getattr(attention, name)(
+            num_heads=heads, key_dim=head_dim, **layer_options
+        )
+
+    return make
+
+
+# Name -> function (heads, head_dim, window) -> layer; window-relative
+# options are functions of the window.
 LAYERS = {
-    "dense": "keras.layers.MultiHeadAttention(num_heads=H, key_dim=D)",
-    "keras_sliding_window": (
-        "keras.layers.MultiHeadAttention(num_heads=H, key_dim=D, "
-        "sliding_window=W)"
+    "dense": _keras_mha,
+    "keras_sliding_window": lambda h, d, w: _keras_mha(h, d, w, True),
+    "ours": _ours("SlidingWindowAttention", window=lambda w: w),
+    "block_sparse": _ours(
+        "BlockSparseAttention",
+        block_size=lambda w: w // 4,
+        num_random_blocks=lambda w: 2,
     ),
-    "ours": "attention.SlidingWindowAttention(num_heads=H, key_dim=D, window=W)",
-    "block_sparse": (
-        "attention.BlockSparseAttention(num_heads=H, key_dim=D, "
-        "block_size=W // 4, num_window_blocks=3, num_random_blocks=2)"
-    ),
-    "axial": "attention.AxialAttention(num_heads=H, key_dim=D, axial_shape=(W,))",
-    "lsh": (
-        "attention.LSHAttention(num_heads=H, key_dim=D, chunk_length=W // 4, "
-        "num_buckets=64, num_hashes=2)"
+    "axial": _ours("AxialAttention", axial_shape=lambda w: (w,)),
+    "lsh": _ours(
+        "LSHAttention",
+        chunk_length=lambda w: w // 4,
+        num_buckets=lambda w: 64,
     ),
 }
 KERAS_LAYERS = ("dense", "keras_sliding_window")
@@ -65,14 +88,9 @@ def measure(name, length, heads, head_dim, window, repeats, jit):
     import time
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
     import tensorflow as tf
 
-    from keras_llm.layers import attention
-
-    H, D, W = heads, head_dim, window  # noqa: N806 (names used in LAYERS)
-    layer = eval(LAYERS[name], {"keras": keras, "attention": attention},
-                 {"H": H, "D": D, "W": W})  # fmt: skip
+    layer = LAYERS[name](heads, head_dim, window)
     width = heads * head_dim
     x = tf.random.normal((1, length, width))
     weights = tf.random.normal((1, length, width))

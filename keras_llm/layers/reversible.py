@@ -177,12 +177,9 @@ class ReversibleBlock(BlockParts, keras.layers.Layer):
                 f"divisible by `num_heads` when `key_dim` is None. Received "
                 f"width {hidden_dim}, num_heads={self.num_heads}."
             )
-        extra = dict(self.attention_kwargs)
-        if self.rotary_max_wavelength is not None:
-            extra["rotary_max_wavelength"] = self.rotary_max_wavelength
         self.self_attention = make_attention(
             self.attention,
-            extra,
+            self._attention_options(),
             num_heads=self.num_heads,
             key_dim=self.key_dim or hidden_dim // self.num_heads,
             use_bias=self.use_bias,

@@ -21,7 +21,15 @@ class BlockParts:
     """Sublayers that every Transformer-style block builds the same way:
     layer norms, the feed-forward network with its norm, residual dropout.
     Mixed into a `keras.layers.Layer` with `layer_norm_epsilon`, `use_bias`,
-    `intermediate_dim`, `activation`, `dropout` and `kernel_initializer`."""
+    `intermediate_dim`, `activation`, `dropout`, `kernel_initializer`,
+    `attention_kwargs` and `rotary_max_wavelength`."""
+
+    def _attention_options(self):
+        """The attention's own arguments: `attention_kwargs` plus rotary."""
+        options = dict(self.attention_kwargs)
+        if self.rotary_max_wavelength is not None:
+            options["rotary_max_wavelength"] = self.rotary_max_wavelength
+        return options
 
     def _norm(self, name):
         return keras.layers.LayerNormalization(
@@ -215,12 +223,9 @@ class TransformerBlock(BlockParts, keras.layers.Layer):
                 f"num_heads={self.num_heads}."
             )
         if not hasattr(self, "self_attention"):
-            extra = dict(self.attention_kwargs)
-            if self.rotary_max_wavelength is not None:
-                extra["rotary_max_wavelength"] = self.rotary_max_wavelength
             self.self_attention = make_attention(
                 self.attention,
-                extra,
+                self._attention_options(),
                 **self._make_attention("self_attention", hidden_dim),
             )
         if not self.self_attention.built:

@@ -65,6 +65,14 @@ def static_equal(a, b):
     return isinstance(a, int) and isinstance(b, int) and a == b
 
 
+def block_length(size, length):
+    """Length of the blocks (chunks) a layer cuts a sequence into: `size`,
+    or the whole sequence when it is known to be shorter."""
+    if isinstance(length, int):
+        return max(1, min(size, length))
+    return size
+
+
 def key_validity(padding_mask, batch_size, length, padded_length):
     """`(B, padded_length)` bool: real, unpadded key positions."""
     if padding_mask is None:
@@ -202,6 +210,9 @@ class BaseAttention(keras.layers.MultiHeadAttention):
             )
         self._self_attention = value_shape is None
         super().build(query_shape, value_shape or query_shape)
+        self._build_rotary()
+
+    def _build_rotary(self):
         if self.rotary_max_wavelength is not None:
             self.rotary_embedding = RotaryEmbedding(
                 max_wavelength=self.rotary_max_wavelength,
@@ -248,7 +259,13 @@ class BaseAttention(keras.layers.MultiHeadAttention):
                 q, k, v, cache, cache_update_index, padding_mask,
                 attention_mask, training,
             )  # fmt: skip
-        elif attention_mask is not None or not self._is_sparse():
+        elif attention_mask is not None:
+            if self._is_sparse():
+                raise ValueError(
+                    f"`{type(self).__name__}` computes its own sparse "
+                    "pattern and takes only `padding_mask` and "
+                    "`use_causal_mask`, not a full `attention_mask`."
+                )
             mask = merge_attention_masks(
                 padding_mask,
                 attention_mask,
@@ -256,12 +273,6 @@ class BaseAttention(keras.layers.MultiHeadAttention):
                 query_length=ops.shape(q)[1],
                 key_length=ops.shape(k)[1],
             )
-            if attention_mask is not None and self._is_sparse():
-                raise ValueError(
-                    f"`{type(self).__name__}` computes its own sparse "
-                    "pattern and takes only `padding_mask` and "
-                    "`use_causal_mask`, not a full `attention_mask`."
-                )
             out = self._dense_attend(q, k, v, mask, training)
         else:
             out = self._attend(

@@ -15,6 +15,7 @@ from keras import ops
 
 from keras_llm.checks import check_positive_int
 from keras_llm.layers.attention.base import BaseAttention
+from keras_llm.layers.attention.base import block_length
 from keras_llm.layers.attention.base import key_validity
 from keras_llm.layers.attention.base import masked_softmax
 from keras_llm.layers.attention.base import pad_axis
@@ -172,15 +173,10 @@ class BlockSparseAttention(BaseAttention):
         selected = ops.concatenate(selected, axis=1)
         return ops.clip(indices, 0, n - 1), selected
 
-    def _block_length(self, length):
-        if isinstance(length, int):
-            return max(1, min(self.block_size, length))
-        return self.block_size
-
     def _attend(self, query, key, value, padding_mask, causal, training):
         batch, length = ops.shape(query)[0], ops.shape(query)[1]
         heads, dim_v = self._num_heads, self._value_dim
-        b = self._block_length(length)
+        b = block_length(self.block_size, length)
         padded = round_up(length, b)
         n = padded // b
         indices, selected = self.block_pattern(n, causal)

@@ -59,8 +59,6 @@ def attention_weights(layer):
     out = {}
     for part in _PARTS:
         dense = getattr(layer, f"_{part}_dense", None)
-        if part == "output":
-            dense = layer._output_dense
         if dense is not None:
             out[part] = _kernel_and_bias(dense)
     return out
@@ -88,9 +86,7 @@ def set_attention_weights(layer, weights):
         layer.output_dense.set_weights(values)
         return
     for part in _PARTS:
-        dense = layer._output_dense if part == "output" else getattr(
-            layer, f"_{part}_dense", None
-        )  # fmt: skip
+        dense = getattr(layer, f"_{part}_dense", None)
         if dense is None:
             continue
         kernel, bias = weights[part]

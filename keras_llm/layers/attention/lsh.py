@@ -18,15 +18,16 @@ import numpy as np
 from keras import ops
 from keras.src.layers.attention.multi_head_attention import _build_proj_equation
 from keras.src.layers.attention.multi_head_attention import _get_output_shape
-from keras_hub.layers import RotaryEmbedding
 
 from keras_llm.checks import check_positive_int
 from keras_llm.layers.attention.base import MASK_VALUE
 from keras_llm.layers.attention.base import BaseAttention
+from keras_llm.layers.attention.base import block_length
 from keras_llm.layers.attention.base import key_validity
 from keras_llm.layers.attention.base import masked_softmax
 from keras_llm.layers.attention.base import pad_axis
 from keras_llm.layers.attention.base import round_up
+from keras_llm.layers.attention.base import static_equal
 from keras_llm.layers.attention.registry import register_attention
 
 # Score of a query against its own key (Reformer's value): finite and far
@@ -241,14 +242,7 @@ class LSHAttention(BaseAttention):
                 dtype="float32",
                 autocast=False,
             )
-        if self.rotary_max_wavelength is not None:
-            self.rotary_embedding = RotaryEmbedding(
-                max_wavelength=self.rotary_max_wavelength,
-                sequence_axis=1,
-                feature_axis=-1,
-                dtype=self.dtype_policy,
-                name="rotary_embedding",
-            )
+        self._build_rotary()
 
     def _rotations_initializer(self, shape, dtype=None):
         rng = np.random.default_rng(self.hash_seed)
@@ -292,23 +286,16 @@ class LSHAttention(BaseAttention):
             keys = self.rotary_embedding(keys)
         return self._hash(ops.transpose(keys, (0, 2, 1, 3)))
 
-    def _chunk_size(self, length):
-        # A sequence shorter than a chunk is one chunk of its own length;
-        # the result is the same as padding it to `chunk_length`.
-        if isinstance(length, int):
-            return max(1, min(self.chunk_length, length))
-        return self.chunk_length
-
     def _attend(self, query, key, value, padding_mask, causal, training):
         batch, length = ops.shape(query)[0], ops.shape(query)[1]
         heads, rounds = self._num_heads, self.num_hashes
-        chunk = self._chunk_size(length)
+        chunk = block_length(self.chunk_length, length)
         padded = round_up(length, chunk)
         n = padded // chunk
         valid = key_validity(padding_mask, batch, length, padded)
 
         def to_heads(x):  # (B, T, H, D) -> (B, H, Tp, D)
-            if not (isinstance(padded, int) and padded == length):
+            if not static_equal(padded, length):
                 x = pad_axis(x, padded - length)
             return ops.transpose(x, (0, 2, 1, 3))
 
@@ -374,10 +361,6 @@ class LSHAttention(BaseAttention):
             out = ops.sum(out * ops.cast(weights, out.dtype)[..., None], axis=2)
         out = ops.transpose(out, (0, 2, 1, 3))  # (B, Tp, H, Dv)
         return out[:, :length]
-
-    def _pattern_mask(self, query_positions, key_length):
-        """`None`: cached decoding attends densely (causal) over the cache."""
-        return None
 
     def _cached_attend(self, q, k, v, mask, query_positions, training):
         """Dense causal shared-QK attention over the cache, with the same

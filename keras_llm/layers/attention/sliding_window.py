@@ -15,6 +15,7 @@ from keras import ops
 
 from keras_llm.checks import check_positive_int
 from keras_llm.layers.attention.base import BaseAttention
+from keras_llm.layers.attention.base import block_length
 from keras_llm.layers.attention.base import key_validity
 from keras_llm.layers.attention.base import masked_softmax
 from keras_llm.layers.attention.base import pad_axis
@@ -112,17 +113,12 @@ class SlidingWindowAttention(BaseAttention):
         self.window = window
         self.num_global_tokens = num_global_tokens
 
-    def _chunk_length(self, length):
-        # A chunk as long as the window keeps every key of a chunk's queries
-        # in the chunk and its neighbours; a shorter sequence is one chunk.
-        if isinstance(length, int):
-            return max(1, min(self.window, length))
-        return self.window
-
     def _attend(self, query, key, value, padding_mask, causal, training):
         batch, length = ops.shape(query)[0], ops.shape(query)[1]
         heads, dim_v = self._num_heads, self._value_dim
-        chunk = self._chunk_length(length)
+        # A chunk as long as the window keeps every key of a chunk's queries
+        # in the chunk and its neighbours; a shorter sequence is one chunk.
+        chunk = block_length(self.window, length)
         padded = round_up(length, chunk)
         n = padded // chunk
         valid = key_validity(padding_mask, batch, length, padded)
