@@ -16,10 +16,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from keras_llm import callbacks  # noqa: E402
 from keras_llm import layers  # noqa: E402
 from keras_llm import models  # noqa: E402
+from keras_llm import optimizers  # noqa: E402
 from keras_llm.version import __version__  # noqa: E402
 
 _LAZY = {
     "data": ("keras_llm.data", None),
+    "distribute": ("keras_llm.distribute", None),
     "PretrainConfig": ("keras_llm.pretraining", "PretrainConfig"),
     "pretrain": ("keras_llm.pretraining", "pretrain"),
     "generate_text": ("keras_llm.generate", "generate_text"),
@@ -41,8 +43,10 @@ __all__ = [
     "__version__",
     "callbacks",
     "data",
+    "distribute",
     "generate_text",
     "layers",
     "models",
+    "optimizers",
     "pretrain",
 ]

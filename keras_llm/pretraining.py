@@ -28,9 +28,14 @@ from keras_llm.data.pipelines import tokenize_documents
 from keras_llm.data.vocab import TOKENIZER_KINDS
 from keras_llm.data.vocab import learn_tokenizer
 from keras_llm.data.vocab import save_tokenizer
+from keras_llm.distribute import get_strategy
 from keras_llm.errors import UserError
 from keras_llm.models.gpt import GPT
 from keras_llm.models.presets import get_preset
+from keras_llm.optimizers.pretraining import SCHEDULES
+from keras_llm.optimizers.pretraining import for_pretraining
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclasses.dataclass
@@ -44,13 +49,17 @@ class PretrainConfig:
         tokenizer: `"character"` or `"wordpiece"`.
         vocabulary_size: WordPiece vocabulary size.
         sequence_length: tokens per training example.
-        batch_size: examples per step.
-        steps: optimizer steps.
-        eval_interval: steps between validation runs (one Keras epoch each).
+        batch_size: examples per micro-batch (one fit step); the update
+            batch is batch_size * accumulate.
+        steps: optimizer updates.
+        accumulate: micro-batches accumulated per update (gradient
+            accumulation).
+        eval_interval: updates between validation runs (one Keras epoch each).
         eval_steps: validation batches per run (0: the whole split).
         learning_rate: peak learning rate.
         min_learning_rate: learning rate at the end of the cosine decay.
-        warmup_steps: linear warm-up steps.
+        warmup_steps: linear warm-up updates.
+        schedule: learning-rate decay after warm-up: cosine, linear or constant.
         weight_decay: AdamW decoupled weight decay (not on biases/norms).
         beta_2: AdamW second-moment decay.
         clipnorm: global gradient-norm clip (0 disables).
@@ -58,8 +67,10 @@ class PretrainConfig:
         validation_fraction: last fraction of the token stream held out.
         stride: distance between training windows (None: sequence_length).
         seed: seed of weights, shuffling and sampling.
-        jit_compile: compile the train step with XLA.
-        mixed_precision: `None`, `"mixed_float16"` or `"mixed_bfloat16"`.
+        jit_compile: compile the train step with XLA (one device only).
+        precision: float32, mixed_float16 or mixed_bfloat16 (Keras dtype policy).
+        remat: gradient checkpointing in every block.
+        strategy: auto, default, mirrored or cpu:N (keras_llm.distribute).
         sample_every: steps between printed samples (0: none during training).
         sample_prompt: prompt of the samples.
         sample_length: length of the samples, prompt included.
@@ -75,11 +86,13 @@ class PretrainConfig:
     sequence_length: int = 128
     batch_size: int = 32
     steps: int = 1000
+    accumulate: int = 1
     eval_interval: int = 200
     eval_steps: int = 20
     learning_rate: float = 1e-3
     min_learning_rate: float = 1e-4
     warmup_steps: int = 100
+    schedule: str = "cosine"
     weight_decay: float = 0.1
     beta_2: float = 0.99
     clipnorm: float = 1.0
@@ -88,7 +101,9 @@ class PretrainConfig:
     stride: int = None
     seed: int = 1337
     jit_compile: bool = True
-    mixed_precision: str = None
+    precision: str = "float32"
+    remat: bool = False
+    strategy: str = "auto"
     sample_every: int = 0
     sample_prompt: str = "\n"
     sample_length: int = 200
@@ -101,6 +116,7 @@ class PretrainConfig:
             "sequence_length",
             "batch_size",
             "steps",
+            "accumulate",
             "eval_interval",
             "vocabulary_size",
             "sample_length",
@@ -151,14 +167,15 @@ class PretrainConfig:
                 f"--warmup-steps ({self.warmup_steps}) must be fewer than "
                 f"--steps ({self.steps})"
             )
-        if self.mixed_precision not in (
-            None,
-            "mixed_float16",
-            "mixed_bfloat16",
-        ):
+        if self.precision not in PRECISIONS:
             raise UserError(
-                "--mixed-precision must be mixed_float16 or mixed_bfloat16, "
-                f"got {self.mixed_precision!r}"
+                f"--precision must be one of {', '.join(PRECISIONS)}, "
+                f"got {self.precision!r}"
+            )
+        if self.schedule not in SCHEDULES:
+            raise UserError(
+                f"--schedule must be one of {', '.join(SCHEDULES)}, "
+                f"got {self.schedule!r}"
             )
         if self.tokenizer not in TOKENIZER_KINDS:
             raise UserError(
@@ -189,23 +206,22 @@ def versions():
 
 
 def make_optimizer(config):
-    """AdamW with linear warm-up and cosine decay (Keras' `CosineDecay`)."""
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0,
-        warmup_target=config.learning_rate,
+    """`keras_llm.optimizers.for_pretraining` with the config's options:
+    AdamW (no decay on biases, norms, embeddings), global-norm clipping,
+    warm-up then decay over `steps` updates, and accumulation."""
+    return for_pretraining(
+        total_steps=config.steps,
+        learning_rate=config.learning_rate,
         warmup_steps=config.warmup_steps,
-        decay_steps=config.steps - config.warmup_steps,
-        alpha=config.min_learning_rate / config.learning_rate,
-    )
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=schedule,
+        schedule=config.schedule,
+        min_learning_rate=config.min_learning_rate,
         weight_decay=config.weight_decay,
         beta_1=0.9,
         beta_2=config.beta_2,
-        global_clipnorm=config.clipnorm or None,
+        epsilon=1e-7,
+        clipnorm=config.clipnorm or None,
+        accumulation_steps=config.accumulate,
     )
-    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-    return optimizer
 
 
 def compile_for_clm(model, optimizer, jit_compile=True):
@@ -256,22 +272,32 @@ def pretrain(config=None, **options):
         config = dataclasses.replace(config, **options)
     config.validate()
     started = time.time()
+    # Before any TensorFlow operation: "cpu:N" creates logical devices.
+    strategy = get_strategy(config.strategy)
     keras.utils.set_random_seed(config.seed)
     previous_policy = keras.config.dtype_policy()
-    if config.mixed_precision:
-        keras.config.set_dtype_policy(config.mixed_precision)
+    keras.config.set_dtype_policy(config.precision)
     try:
-        return _pretrain(config, started)
+        return _pretrain(config, strategy, started)
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
 
-def _pretrain(config, started):
-    from rich.console import Console
-    from rich.table import Table
+def prepare_clm_data(config):
+    """Reads the corpus, learns the tokenizer and splits the token ids.
 
-    console = Console()
-    # --- Data ---
+    Args:
+        config: an object with `corpus`, `tokenizer`, `vocabulary_size`,
+            `validation_fraction` and `sequence_length` (a `PretrainConfig`).
+
+    Returns:
+        A dict with `documents`, `corpus_name` (for manifests), `tokenizer`,
+        `token_ids`, `train_ids` and `val_ids`.
+
+    Raises:
+        CorpusError: for an unreadable corpus or one shorter than a window
+            of `sequence_length + 1` tokens in either split.
+    """
     if config.corpus:
         documents = read_corpus(config.corpus)
         corpus_name = [os.fspath(p) for p in config.corpus]
@@ -291,6 +317,27 @@ def _pretrain(config, started):
                 f"block of sequence_length + 1 = {t + 1}; use more text or a "
                 "shorter --sequence-length"
             )
+    return {
+        "documents": documents,
+        "corpus_name": corpus_name,
+        "tokenizer": tokenizer,
+        "token_ids": token_ids,
+        "train_ids": train_ids,
+        "val_ids": val_ids,
+    }
+
+
+def _pretrain(config, strategy, started):
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    # --- Data ---
+    data = prepare_clm_data(config)
+    documents, corpus_name = data["documents"], data["corpus_name"]
+    tokenizer, token_ids = data["tokenizer"], data["token_ids"]
+    train_ids, val_ids = data["train_ids"], data["val_ids"]
+    t = config.sequence_length
     train_ds = clm_dataset(
         train_ids,
         t,
@@ -320,9 +367,21 @@ def _pretrain(config, started):
         ),
         dropout=config.dropout,
     )
+    model_kwargs["remat"] = config.remat or model_kwargs.get("remat", False)
     model_kwargs.update(config.model_overrides)
-    model = GPT(**model_kwargs)
-    compile_for_clm(model, make_optimizer(config), config.jit_compile)
+    replicas = strategy.num_replicas_in_sync
+    jit_compile = config.jit_compile
+    if jit_compile and replicas > 1:
+        # XLA compiles for one device; Keras' fit under MirroredStrategy
+        # with jit_compile=True fails reading the other replicas' variables.
+        console.print(
+            f"XLA off: jit_compile needs one device, strategy "
+            f"{config.strategy!r} has {replicas} replicas"
+        )
+        jit_compile = False
+    with strategy.scope():
+        model = GPT(**model_kwargs)
+        compile_for_clm(model, make_optimizer(config), jit_compile)
 
     # --- Outputs ---
     out = config.out
@@ -343,6 +402,14 @@ def _pretrain(config, started):
         f"{corpus_name if isinstance(corpus_name, str) else len(corpus_name)}"
         f"{'' if isinstance(corpus_name, str) else ' files'}"
     )
+    if config.accumulate > 1 or replicas > 1 or config.remat:
+        console.print(
+            f"update batch {config.batch_size * config.accumulate} "
+            f"({config.accumulate} micro-batches of {config.batch_size}), "
+            f"{replicas} replica(s) ({config.strategy}), {config.precision}"
+            f"{', remat' if config.remat else ''}",
+            markup=False,
+        )
 
     meter = ThroughputMeter(
         tokens_per_step=config.batch_size * t, sequence_length=t
@@ -359,7 +426,7 @@ def _pretrain(config, started):
             SampleGenerator(
                 tokenizer,
                 prompt=config.sample_prompt,
-                every_n_steps=config.sample_every,
+                every_n_steps=config.sample_every * config.accumulate,
                 max_length=min(config.sample_length, model.max_sequence_length),
                 seed=config.seed,
                 print_fn=lambda text: console.print(
@@ -371,7 +438,8 @@ def _pretrain(config, started):
     history = model.fit(
         train_ds,
         epochs=epochs,
-        steps_per_epoch=config.eval_interval,
+        # One fit step is one micro-batch; an update every `accumulate`.
+        steps_per_epoch=config.eval_interval * config.accumulate,
         validation_data=val_ds,
         validation_steps=validation_steps,
         callbacks=callbacks,
@@ -389,7 +457,9 @@ def _pretrain(config, started):
     )
     h = history.history
     results = {
-        "steps": epochs * config.eval_interval,
+        "steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+        "micro_batches": epochs * config.eval_interval * config.accumulate,
+        "replicas": replicas,
         "final_loss": float(h["loss"][-1]),
         "final_val_loss": float(h["val_loss"][-1]) if "val_loss" in h else None,
         "final_val_perplexity": float(h["val_perplexity"][-1])
@@ -421,7 +491,7 @@ def _pretrain(config, started):
     table = Table(title="pretraining finished")
     table.add_column("what")
     table.add_column("value")
-    table.add_row("steps", str(results["steps"]))
+    table.add_row("updates", str(results["steps"]))
     table.add_row("train loss", f"{results['final_loss']:.4f}")
     if results["final_val_loss"] is not None:
         table.add_row("validation loss", f"{results['final_val_loss']:.4f}")

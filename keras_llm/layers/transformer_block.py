@@ -8,6 +8,7 @@ block, the models and their key/value cache.
 """
 
 import keras
+from keras import ops
 
 from keras_llm.checks import check_positive_int
 from keras_llm.checks import check_rate
@@ -99,6 +100,12 @@ class TransformerBlock(BlockParts, keras.layers.Layer):
             `True`.
         kernel_initializer: initializer of the kernels. Defaults to
             `"glorot_uniform"`.
+        remat: bool. Gradient checkpointing: keep only the block's inputs
+            for the backward pass and recompute its activations there
+            (`keras.remat`), trading about one extra forward pass for the
+            memory of the attention scores and feed-forward activations.
+            Dropout masks are replayed exactly in the recomputation.
+            Decoding with a cache never rematerializes. Defaults to `False`.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -151,6 +158,7 @@ class TransformerBlock(BlockParts, keras.layers.Layer):
         rotary_max_wavelength=None,
         use_bias=True,
         kernel_initializer="glorot_uniform",
+        remat=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -192,6 +200,7 @@ class TransformerBlock(BlockParts, keras.layers.Layer):
         self.rotary_max_wavelength = rotary_max_wavelength
         self.use_bias = use_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.remat = bool(remat)
         self.supports_masking = True
 
     def _make_attention(self, name, hidden_dim, **extra):
@@ -280,6 +289,62 @@ class TransformerBlock(BlockParts, keras.layers.Layer):
                 f"`{self.name}` got `encoder_outputs` but was built with "
                 "cross_attention=False."
             )
+        masks = dict(
+            padding_mask=padding_mask,
+            attention_mask=attention_mask,
+            encoder_padding_mask=encoder_padding_mask,
+            encoder_attention_mask=encoder_attention_mask,
+        )
+        if self.remat and cache is None and training is not False:
+            return self._rematerialized(
+                inputs, encoder_outputs, masks, training
+            )
+        return self._forward(
+            inputs, encoder_outputs, **masks, cache=cache,
+            cache_update_index=cache_update_index, training=training,
+        )  # fmt: skip
+
+    def _rematerialized(self, inputs, encoder_outputs, masks, training):
+        """`_forward` under `keras.remat`, replaying the dropout seeds.
+
+        `keras.remat` (on TensorFlow `tf.recompute_grad`) re-runs the
+        function in the backward pass; the inputs go in as positional
+        arguments, the masks are captured. Dropout draws its mask from a
+        seed generator whose state advances on every call, so the
+        recomputation would draw new masks: the states are read before the
+        call and put back at the start of the function, so both runs draw
+        the same masks and the states end where one call leaves them.
+        """
+        generators = []
+        if training:
+            for layer in self._flatten_layers(include_self=False):
+                generators.extend(getattr(layer, "_seed_generators", []))
+        states = [ops.copy(g.state) for g in generators]
+
+        def forward(x, *encoder):
+            for generator, state in zip(generators, states):
+                generator.state.assign(state)
+            return self._forward(
+                x, encoder[0] if encoder else None, **masks, training=training
+            )
+
+        args = (
+            (inputs,) if encoder_outputs is None else (inputs, encoder_outputs)
+        )
+        return keras.remat(forward)(*args)
+
+    def _forward(
+        self,
+        inputs,
+        encoder_outputs,
+        padding_mask=None,
+        attention_mask=None,
+        encoder_padding_mask=None,
+        encoder_attention_mask=None,
+        cache=None,
+        cache_update_index=None,
+        training=None,
+    ):
         attn_kwargs = dict(
             padding_mask=padding_mask,
             attention_mask=attention_mask,
@@ -344,6 +409,7 @@ class TransformerBlock(BlockParts, keras.layers.Layer):
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),
+                "remat": self.remat,
             }
         )
         return config

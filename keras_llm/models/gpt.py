@@ -98,6 +98,9 @@ class GPT(keras.Model):
             projection (Keras `ReversibleEmbedding`). Defaults to `True`.
         rotary_max_wavelength: int. Wavelength for rotary positions.
             Defaults to `10000`.
+        remat: bool. Gradient checkpointing in every block (see
+            `TransformerBlock`): the backward pass recomputes each block's
+            activations instead of keeping them. Defaults to `False`.
         dtype: dtype policy of the layers, or `None` for the global policy.
             Defaults to `None`.
         **kwargs: `keras.Model` arguments (`name`, `trainable`); any other
@@ -142,6 +145,7 @@ class GPT(keras.Model):
         use_bias=True,
         tie_embeddings=True,
         rotary_max_wavelength=10000,
+        remat=False,
         dtype=None,
         **kwargs,
     ):
@@ -214,6 +218,7 @@ class GPT(keras.Model):
                 ),
                 use_bias=use_bias,
                 kernel_initializer=init,
+                remat=remat,
                 dtype=dtype,
                 name=f"block_{i}",
             )
@@ -265,6 +270,7 @@ class GPT(keras.Model):
         self.use_bias = use_bias
         self.tie_embeddings = tie_embeddings
         self.rotary_max_wavelength = rotary_max_wavelength
+        self.remat = remat
         self._layers_dtype = dtype
         self._generate_functions = {}
         self._named_samplers = {}
@@ -495,6 +501,7 @@ class GPT(keras.Model):
             "use_bias": self.use_bias,
             "tie_embeddings": self.tie_embeddings,
             "rotary_max_wavelength": self.rotary_max_wavelength,
+            "remat": self.remat,
             "dtype": (
                 keras.dtype_policies.serialize(
                     keras.dtype_policies.get(self._layers_dtype)
