@@ -9,7 +9,14 @@ takes the exclusions as a constructor argument and keeps them in
 
 import keras
 
-NO_DECAY_NAMES = ("^bias$", "^gamma$", "^beta$", "^scale$", "^embeddings$")
+# On TensorFlow the optimizer matches `tf.Variable` names, which are paths
+# ("block_0/self_attention/qkv/bias:0", with "/replica_1" under
+# MirroredStrategy); elsewhere the Keras name ("bias"). Each pattern matches
+# the name as a whole path component.
+NO_DECAY_NAMES = tuple(
+    rf"(?:^|/){name}(?:$|[:/])"
+    for name in ("bias", "gamma", "beta", "scale", "embeddings")
+)
 """Variable names (regular expressions) without weight decay in pretraining:
 biases, normalisation scales and offsets, and embedding tables (token and
 position). An untied output projection (`reverse_embeddings`) is a matmul

@@ -264,8 +264,9 @@ class GradientAccumulation(keras.optimizers.Optimizer):
         self.micro_steps.assign(self.micro_steps + 1)
         update = self._is_update_step()
         state = list(trainable_variables) + list(self.inner_optimizer.variables)
-        before = [ops.convert_to_tensor(v) for v in state]
-        sums = [ops.convert_to_tensor(a) for a in accumulators]
+        # Copies: on TensorFlow `convert_to_tensor` would alias the variable.
+        before = [ops.copy(v) for v in state]
+        sums = [ops.copy(a) for a in accumulators]
         self._apply_accumulated(trainable_variables, accumulators)
         for variable, old in zip(state, before):
             variable.assign(ops.where(update, variable, old))
