@@ -234,3 +234,32 @@ def test_attention_layer_argument_is_copied_per_block(tmp_path):
         model.predict(x, verbose=0),
         keras.saving.load_model(path).predict(x, verbose=0),
     )
+
+
+def test_remat_trains_identically_saves_and_generates(
+    tmp_path, mirrored_strategy
+):
+    x = _tokens(8, 8)
+    losses = {}
+    for remat in (False, True):
+        with mirrored_strategy.scope():
+            keras.utils.set_random_seed(5)
+            model = GPT(**TINY, remat=remat)
+            model.compile(
+                optimizer=keras.optimizers.Adam(1e-2),
+                loss=keras.losses.SparseCategoricalCrossentropy(
+                    from_logits=True
+                ),
+            )
+        history = model.fit(x, x, batch_size=4, epochs=3, verbose=0)
+        losses[remat] = history.history["loss"]
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
+    assert all(block.remat for block in model.blocks)
+    path = os.path.join(tmp_path, "remat.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.remat and all(block.remat for block in loaded.blocks)
+    assert model.generate([[1, 2]], max_length=6, sampler="greedy").shape == (
+        1,
+        6,
+    )
