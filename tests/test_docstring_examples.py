@@ -25,6 +25,11 @@ PUBLIC = [
     keras_llm.data.CharacterTokenizer,
     keras_llm.data.digits.load_digits,
     keras_llm.callbacks.ThroughputMeter,
+    keras_llm.optimizers.GradientAccumulation,
+    keras_llm.optimizers.AdamW,
+    keras_llm.optimizers.LinearDecayWithWarmup,
+    keras_llm.optimizers.for_pretraining,
+    keras_llm.distribute.get_strategy,
     keras_llm.pretrain,
     keras_llm.generate_text,
 ]
