@@ -213,7 +213,7 @@ class GradientAccumulation(keras.optimizers.Optimizer):
         ]
         self.inner_optimizer.apply(grads, trainable_variables)
         for accumulator in accumulators:
-            accumulator.assign(ops.zeros_like(accumulator))
+            accumulator.assign(ops.zeros(accumulator.shape, accumulator.dtype))
 
     def _tf_apply(self, grads, trainable_variables, accumulators):
         import tensorflow as tf
@@ -259,9 +259,9 @@ class GradientAccumulation(keras.optimizers.Optimizer):
         for grad, accumulator in zip(grads, accumulators):
             if grad is not None:
                 accumulator.assign(
-                    accumulator + ops.cast(grad, accumulator.dtype)
+                    accumulator.value + ops.cast(grad, accumulator.dtype)
                 )
-        self.micro_steps.assign(self.micro_steps + 1)
+        self.micro_steps.assign(self.micro_steps.value + 1)
         update = self._is_update_step()
         state = list(trainable_variables) + list(self.inner_optimizer.variables)
         # Copies: on TensorFlow `convert_to_tensor` would alias the variable.
@@ -269,9 +269,9 @@ class GradientAccumulation(keras.optimizers.Optimizer):
         sums = [ops.copy(a) for a in accumulators]
         self._apply_accumulated(trainable_variables, accumulators)
         for variable, old in zip(state, before):
-            variable.assign(ops.where(update, variable, old))
+            variable.assign(ops.where(update, variable.value, old))
         for accumulator, total in zip(accumulators, sums):
-            accumulator.assign(ops.where(update, accumulator, total))
+            accumulator.assign(ops.where(update, accumulator.value, total))
 
     def get_config(self):
         return {
