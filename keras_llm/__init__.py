@@ -3,7 +3,7 @@
 Importing the package selects the TensorFlow backend unless the user already
 chose one through ``KERAS_BACKEND``. The modelling parts (`layers`, `models`,
 `callbacks`) use ``keras.ops`` only and import without TensorFlow, so they
-also run on JAX; `data`, `pretrain` and `generate_text` need TensorFlow and
+also run on JAX; `data`, `pretrain`, `tune` and `generate_text` need TensorFlow and
 are imported on first use.
 """
 
@@ -25,6 +25,9 @@ _LAZY = {
     "PretrainConfig": ("keras_llm.pretraining", "PretrainConfig"),
     "pretrain": ("keras_llm.pretraining", "pretrain"),
     "generate_text": ("keras_llm.generate", "generate_text"),
+    "tuning": ("keras_llm.tuning", None),
+    "TuneConfig": ("keras_llm.tuning", "TuneConfig"),
+    "tune": ("keras_llm.tuning", "tune"),
 }
 
 
@@ -40,6 +43,7 @@ def __getattr__(name):
 
 __all__ = [
     "PretrainConfig",
+    "TuneConfig",
     "__version__",
     "callbacks",
     "data",
@@ -49,4 +53,6 @@ __all__ = [
     "models",
     "optimizers",
     "pretrain",
+    "tune",
+    "tuning",
 ]

@@ -1,13 +1,15 @@
 """The `keras-llm` command: thin subcommands over library functions.
 
 `keras-llm pretrain` calls `keras_llm.pretrain(PretrainConfig)`, with one
-flag per `PretrainConfig` field, and `keras-llm generate` calls
-`keras_llm.generate_text`. `--config FILE` reads a YAML mapping of the same
-options; flags given on the command line win over it.
+flag per `PretrainConfig` field, `keras-llm tune` calls
+`keras_llm.tuning.tune(TuneConfig)` the same way, and `keras-llm generate`
+calls `keras_llm.generate_text`. `--config FILE` reads a YAML mapping of the
+same options; flags given on the command line win over it.
 """
 
 import argparse
 import dataclasses
+import inspect
 import os
 import sys
 import typing
@@ -19,6 +21,51 @@ _NOT_FLAGS = {"model_overrides", "verbose"}
 
 def _flag(name):
     return "--" + name.replace("_", "-")
+
+
+_METAVARS = {"corpus": "PATH"}
+_CONVERTERS = {int: int, float: float}
+
+
+def add_config_flags(parser, config_cls):
+    """Adds one flag per field of a config dataclass to `parser`.
+
+    The help text of each flag is its line in the class docstring's
+    `Attributes:`. Booleans get `--x/--no-x`, list fields (`list` or
+    `list[int]`, `list[float]`) take one or more values, and fields in
+    `_NOT_FLAGS` are left to `--config FILE`. Unset flags are absent from
+    the parsed namespace when the parser has `argument_default=SUPPRESS`.
+    """
+    docs = _attribute_docs(config_cls)
+    hints = typing.get_type_hints(config_cls)
+    for field in dataclasses.fields(config_cls):
+        if field.name in _NOT_FLAGS:
+            continue
+        default = (
+            field.default_factory()
+            if field.default_factory is not dataclasses.MISSING
+            else field.default
+        )
+        kind = hints[field.name]
+        help_text = f"{docs.get(field.name, '')} (default: {default!r})"
+        flag = _flag(field.name)
+        if kind is list or typing.get_origin(kind) is list:
+            (item,) = typing.get_args(kind) or (str,)
+            parser.add_argument(
+                flag,
+                nargs="+",
+                type=_CONVERTERS.get(item, str),
+                metavar=_METAVARS.get(field.name),
+                help=help_text,
+            )
+        elif kind is bool:
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, help=help_text
+            )
+        else:
+            parser.add_argument(
+                flag, type=_CONVERTERS.get(kind, str), help=help_text
+            )
 
 
 def _pretrain_parser(sub):
@@ -33,31 +80,27 @@ def _pretrain_parser(sub):
         argument_default=argparse.SUPPRESS,
     )
     p.add_argument("--config", help="YAML file of the same options")
-    docs = _attribute_docs(PretrainConfig)
-    hints = typing.get_type_hints(PretrainConfig)
-    for field in dataclasses.fields(PretrainConfig):
-        if field.name in _NOT_FLAGS:
-            continue
-        default = (
-            field.default_factory()
-            if field.default_factory is not dataclasses.MISSING
-            else field.default
-        )
-        kind = hints[field.name]
-        help_text = f"{docs.get(field.name, '')} (default: {default!r})"
-        if field.name == "corpus":
-            p.add_argument(
-                "--corpus", nargs="+", metavar="PATH", help=help_text
-            )
-        elif kind is bool:
-            p.add_argument(
-                _flag(field.name),
-                action=argparse.BooleanOptionalAction,
-                help=help_text,
-            )
-        else:
-            convert = {int: int, float: float}.get(kind, str)
-            p.add_argument(_flag(field.name), type=convert, help=help_text)
+    add_config_flags(p, PretrainConfig)
+    p.add_argument(
+        "--quiet", action="store_true", help="no per-step progress bar"
+    )
+    return p
+
+
+def _tune_parser(sub):
+    from keras_llm.tuning import TuneConfig
+
+    p = sub.add_parser(
+        "tune",
+        help="search learning rate, batch size and weight decay of a GPT",
+        description="Train a few GPTs on the same number of tokens with "
+        "hyperparameters drawn by keras-tuner and write "
+        "best_hyperparameters.json, trials.json, a plot, TensorBoard logs, "
+        "keras-tuner's project and manifest.json into --out.",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--config", help="YAML file of the same options")
+    add_config_flags(p, TuneConfig)
     p.add_argument(
         "--quiet", action="store_true", help="no per-step progress bar"
     )
@@ -65,17 +108,29 @@ def _pretrain_parser(sub):
 
 
 def _attribute_docs(cls):
-    """Maps each attribute to its line in the class docstring."""
+    """Maps each attribute to its text in the class docstring's
+    `Attributes:` section (continuation lines joined)."""
     docs = {}
-    in_attrs = False
-    for line in (cls.__doc__ or "").splitlines():
+    indent = None
+    name = None
+    for line in inspect.cleandoc(cls.__doc__ or "").splitlines():
         stripped = line.strip()
         if stripped == "Attributes:":
-            in_attrs = True
+            indent = -1
             continue
-        if in_attrs and ":" in stripped:
+        if indent is None or not stripped:
+            continue
+        depth = len(line) - len(line.lstrip())
+        if indent == -1:
+            indent = depth
+        if depth < indent:
+            break  # the section ended
+        if depth == indent and ":" in stripped:
             name, text = stripped.split(":", 1)
-            docs[name.strip()] = text.strip()
+            name = name.strip()
+            docs[name] = text.strip()
+        elif name is not None:
+            docs[name] += " " + stripped
     return docs
 
 
@@ -111,10 +166,9 @@ def _load_config_file(path):
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
-def run_pretrain(args):
-    from keras_llm.pretraining import PretrainConfig
-    from keras_llm.pretraining import pretrain
-
+def _config_options(args, config_cls):
+    """Options of `config_cls` from `--config FILE` and the given flags
+    (flags win), with `--quiet` as `verbose=2`."""
     options = {}
     if getattr(args, "config", None):
         options.update(_load_config_file(args.config))
@@ -126,11 +180,26 @@ def run_pretrain(args):
     options.update(given)
     if getattr(args, "quiet", False):
         options["verbose"] = 2
-    names = {f.name for f in dataclasses.fields(PretrainConfig)}
+    names = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(options) - names)
     if unknown:
         raise UserError(f"unknown option(s) {', '.join(unknown)}")
-    pretrain(PretrainConfig(**options))
+    return options
+
+
+def run_pretrain(args):
+    from keras_llm.pretraining import PretrainConfig
+    from keras_llm.pretraining import pretrain
+
+    pretrain(PretrainConfig(**_config_options(args, PretrainConfig)))
+    return 0
+
+
+def run_tune(args):
+    from keras_llm.tuning import TuneConfig
+    from keras_llm.tuning import tune
+
+    tune(TuneConfig(**_config_options(args, TuneConfig)))
     return 0
 
 
@@ -158,6 +227,7 @@ def build_parser():
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _pretrain_parser(sub)
+    _tune_parser(sub)
     _generate_parser(sub)
     return parser
 
@@ -165,7 +235,11 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"pretrain": run_pretrain, "generate": run_generate}
+    handlers = {
+        "pretrain": run_pretrain,
+        "tune": run_tune,
+        "generate": run_generate,
+    }
     try:
         return handlers[args.command](args)
     except UserError as e:

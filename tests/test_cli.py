@@ -1,3 +1,4 @@
+import argparse
 import json
 import os
 import shutil
@@ -217,3 +218,138 @@ def test_console_script_is_installed_and_reports_errors(tmp_path):
         .splitlines()[-1]
         .startswith("keras-llm generate: error: model file")
     )
+
+
+TUNE_CONFIG = """
+trials: 3
+sequence_length: 16
+tokens_per_trial: 256
+eval_steps: 2
+seed: 5
+model_overrides:
+  num_layers: 1
+  num_heads: 2
+  hidden_dim: 16
+  intermediate_dim: 32
+"""
+
+
+def test_tune_writes_the_search_folder(tmp_path, corpus, capsys):
+    config = tmp_path / "tune.yaml"
+    config.write_text(TUNE_CONFIG)
+    out = str(tmp_path / "tune")
+    code = main(
+        [
+            "tune",
+            "--config",
+            str(config),
+            "--corpus",
+            corpus,
+            "--out",
+            out,
+            "--trials",  # the flag wins over the file's 3
+            "1",
+            "--batch-sizes",
+            "4",
+            "8",
+            "--weight-decays",
+            "0",
+            "0.05",
+            "--learning-rate-min",
+            "2e-3",
+            "--learning-rate-max",
+            "2e-3",
+            "--no-jit-compile",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "search finished" in printed and "val loss" in printed
+    with open(os.path.join(out, "manifest.json")) as f:
+        manifest = json.load(f)
+    options = manifest["options"]
+    assert options["trials"] == 1 and options["seed"] == 5
+    assert options["batch_sizes"] == [4, 8]
+    assert options["weight_decays"] == [0.0, 0.05]
+    assert options["model_overrides"]["hidden_dim"] == 16
+    assert options["jit_compile"] is False and options["verbose"] == 2
+    assert manifest["stage"] == "tune"
+    assert manifest["inputs"]["corpus"] == [corpus]
+    with open(os.path.join(out, "trials.json")) as f:
+        (trial,) = json.load(f)
+    # --learning-rate-min == --learning-rate-max pins the learning rate.
+    assert trial["hyperparameters"]["learning_rate"] == 2e-3
+    assert trial["steps"] == 256 // (
+        trial["hyperparameters"]["batch_size"] * 16
+    )
+    with open(os.path.join(out, "best_hyperparameters.json")) as f:
+        assert json.load(f) == trial["hyperparameters"]
+    for name in ("val_loss_vs_learning_rate.png", "logs", "tuner"):
+        assert os.path.exists(os.path.join(out, name)), name
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--trials", "0"], "--trials must be a positive integer"),
+        (["--algorithm", "grid"], "--algorithm must be one of random"),
+        (["--batch-sizes", "8", "0"], "--batch-sizes must be one or more"),
+        (["--weight-decays", "-1"], "--weight-decays must be one or more"),
+        (
+            ["--learning-rate-min", "0.1", "--learning-rate-max", "0.01"],
+            "must not exceed --learning-rate-max",
+        ),
+        (["--preset", "enormous"], "Unknown preset 'enormous'"),
+    ],
+)
+def test_tune_bad_options(tmp_path, capsys, args, message):
+    code = main(["tune", "--out", str(tmp_path / "o"), *args])
+    assert code == 2
+    line = _error_line(capsys)
+    assert line.startswith("keras-llm tune: error:") and message in line
+
+
+def test_tune_bad_flag_and_config_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tune", "--batch-sizes", "eight"])
+    assert exit_info.value.code == 2
+    assert (
+        "--batch-sizes: invalid int value: 'eight'" in capsys.readouterr().err
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trails: 3\n")
+    assert main(["tune", "--config", str(bad)]) == 2
+    assert "unknown option(s) trails" in _error_line(capsys)
+
+
+def test_pretrain_and_tune_flags_come_from_their_configs():
+    import dataclasses
+
+    from keras_llm.cli import build_parser
+    from keras_llm.pretraining import PretrainConfig
+    from keras_llm.tuning import TuneConfig
+
+    parser = build_parser()
+    sub = next(
+        a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    for name, config in (("pretrain", PretrainConfig), ("tune", TuneConfig)):
+        flags = {
+            o
+            for a in sub.choices[name]._actions
+            for o in a.option_strings
+            if not o.startswith("--no-")
+        }
+        expected = {
+            "--" + f.name.replace("_", "-")
+            for f in dataclasses.fields(config)
+            if f.name not in ("model_overrides", "verbose")
+        }
+        assert expected <= flags, expected - flags
+        assert flags - expected == {"-h", "--help", "--config", "--quiet"}
+    args = parser.parse_args(["tune", "--batch-sizes", "4", "16"])
+    assert args.batch_sizes == [4, 16]
+    args = parser.parse_args(["pretrain", "--corpus", "a.txt", "b.txt"])
+    assert args.corpus == ["a.txt", "b.txt"]
+    assert not hasattr(parser.parse_args(["tune"]), "trials")

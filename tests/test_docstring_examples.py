@@ -7,6 +7,7 @@ import pytest
 
 import keras_llm
 import keras_llm.data.digits
+import keras_llm.tuning
 
 PUBLIC = [
     keras_llm.layers.TransformerBlock,
@@ -30,6 +31,8 @@ PUBLIC = [
     keras_llm.optimizers.LinearDecayWithWarmup,
     keras_llm.optimizers.for_pretraining,
     keras_llm.distribute.get_strategy,
+    keras_llm.tuning.GPTHyperModel,
+    keras_llm.tuning.tune,
     keras_llm.pretrain,
     keras_llm.generate_text,
 ]

@@ -168,9 +168,7 @@ def test_each_attention_trains_a_clm_within_5_percent_of_dense():
     train, val = split_tokens(ids, 0.1)
     t, steps = 64, 300
     # The same batches, in the same order, for every model.
-    x, y = next(
-        iter(clm_dataset(train, t, 16 * steps, seed=0, stride=t // 4))
-    )
+    x, y = next(iter(clm_dataset(train, t, 16 * steps, seed=0, stride=t // 4)))
     x, y = x.numpy(), y.numpy()
     val_x, val_y = next(iter(clm_dataset(val, t, 256, shuffle=False)))
     initial = GPT(
