@@ -327,6 +327,22 @@ def prepare_clm_data(config):
     }
 
 
+def data_manifest(data):
+    """The `inputs` and `counts` of a manifest for `prepare_clm_data`'s dict."""
+    return {
+        "inputs": {
+            "corpus": data["corpus_name"],
+            "documents": len(data["documents"]),
+        },
+        "counts": {
+            "tokens": int(len(data["token_ids"])),
+            "train_tokens": int(len(data["train_ids"])),
+            "validation_tokens": int(len(data["val_ids"])),
+            "vocabulary_size": int(data["tokenizer"].vocabulary_size()),
+        },
+    }
+
+
 def _pretrain(config, strategy, started):
     from rich.console import Console
     from rich.table import Table
@@ -334,8 +350,7 @@ def _pretrain(config, strategy, started):
     console = Console()
     # --- Data ---
     data = prepare_clm_data(config)
-    documents, corpus_name = data["documents"], data["corpus_name"]
-    tokenizer, token_ids = data["tokenizer"], data["token_ids"]
+    corpus_name, tokenizer = data["corpus_name"], data["tokenizer"]
     train_ids, val_ids = data["train_ids"], data["val_ids"]
     t = config.sequence_length
     train_ds = clm_dataset(
@@ -468,16 +483,9 @@ def _pretrain(config, strategy, started):
         "tokens_per_second": meter.tokens_per_second,
         "seconds": time.time() - started,
     }
-    manifest = {
-        "stage": "pretrain",
-        "inputs": {"corpus": corpus_name, "documents": len(documents)},
-        "counts": {
-            "tokens": int(len(token_ids)),
-            "train_tokens": int(len(train_ids)),
-            "validation_tokens": int(len(val_ids)),
-            "vocabulary_size": int(tokenizer.vocabulary_size()),
-            "parameters": int(model.count_params()),
-        },
+    manifest = {"stage": "pretrain", **data_manifest(data)}
+    manifest["counts"]["parameters"] = int(model.count_params())
+    manifest |= {
         "options": dataclasses.asdict(config),
         "model": model.get_config(),
         "seed": config.seed,

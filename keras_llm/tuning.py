@@ -629,13 +629,13 @@ def _tune(config, started):
     from rich.console import Console
     from rich.table import Table
 
+    from keras_llm.pretraining import data_manifest
     from keras_llm.pretraining import prepare_clm_data
     from keras_llm.pretraining import versions
 
     console = Console()
     data = prepare_clm_data(config)
-    documents, corpus_name = data["documents"], data["corpus_name"]
-    tokenizer, token_ids = data["tokenizer"], data["token_ids"]
+    corpus_name, tokenizer = data["corpus_name"], data["tokenizer"]
     train_ids, val_ids = data["train_ids"], data["val_ids"]
 
     hypermodel = gpt_hypermodel(config, tokenizer.vocabulary_size())
@@ -733,17 +733,9 @@ def _tune(config, started):
         "failed_trials": len(trials) - len(completed),
         "seconds": time.time() - started,
     }
-    manifest = {
-        "stage": "tune",
-        "inputs": {"corpus": corpus_name, "documents": len(documents)},
-        "counts": {
-            "tokens": int(len(token_ids)),
-            "train_tokens": int(len(train_ids)),
-            "validation_tokens": int(len(val_ids)),
-            "vocabulary_size": int(tokenizer.vocabulary_size()),
-            "parameters": int(parameters),
-            "trials": len(trials),
-        },
+    manifest = {"stage": "tune", **data_manifest(data)}
+    manifest["counts"] |= {"parameters": int(parameters), "trials": len(trials)}
+    manifest |= {
         "options": dataclasses.asdict(config),
         "search_space": {
             "objective": OBJECTIVE,
