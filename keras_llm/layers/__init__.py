@@ -2,6 +2,7 @@
 attention."""
 
 from keras_llm.layers import attention
+from keras_llm.layers import heads
 from keras_llm.layers.feed_forward import FeedForward
 from keras_llm.layers.reversible import ReversibleBlock
 from keras_llm.layers.reversible import ReversibleStack
@@ -13,4 +14,5 @@ __all__ = [
     "ReversibleStack",
     "TransformerBlock",
     "attention",
+    "heads",
 ]
