@@ -10,7 +10,8 @@ directory (`tuner/`), `best_hyperparameters.json`, `trials.json`,
 trial, with the HParams dashboard) and `manifest.json`.
 
 The search space lives in `PretrainingHyperModel`; a subclass supplies the
-model, its compilation and its datasets (`GPTHyperModel` for causal LMs).
+model, its compilation and its datasets (`GPTHyperModel` for causal LMs,
+`BertHyperModel` for masked-LM + next-sentence pretraining).
 """
 
 import dataclasses
@@ -24,11 +25,16 @@ import time
 import keras
 import keras_tuner
 
+from keras_llm.data.mlm_nsp import mlm_nsp_dataset
+from keras_llm.data.mlm_nsp import special_token_ids
 from keras_llm.data.pipelines import clm_dataset
 from keras_llm.data.pipelines import num_windows
 from keras_llm.data.vocab import TOKENIZER_KINDS
 from keras_llm.errors import UserError
+from keras_llm.models.bert import BERT
+from keras_llm.models.bert import BertPretrainer
 from keras_llm.models.gpt import GPT
+from keras_llm.models.presets import get_bert_preset
 from keras_llm.models.presets import get_preset
 from keras_llm.optimizers.pretraining import for_pretraining
 
@@ -330,6 +336,116 @@ class GPTHyperModel(PretrainingHyperModel):
             shuffle=training,
             seed=self.seed,
             repeat=training,
+        )
+
+
+class BertHyperModel(PretrainingHyperModel):
+    """Searches the pretraining hyperparameters of a BERT (MLM + NSP).
+
+    Builds `keras_llm.models.BERT.from_preset(preset, ...)` (vocabulary of
+    the tokenizer, `max_sequence_length` at least `sequence_length`, then
+    `model_overrides`) inside a `keras_llm.models.BertPretrainer`, compiles
+    it with the trial's `keras_llm.optimizers.for_pretraining` optimizer and
+    the pretrainer's per-head losses and metrics, and trains on
+    `keras_llm.data.mlm_nsp_dataset` batches. The data given to
+    `tuner.search` are documents (lists of texts), not token ids: `search(
+    train_documents, validation_data=validation_documents)`. Validation
+    pairs and masks are drawn with a fixed seed, so every trial is scored on
+    the same examples. The objective is `val_loss` (the weighted sum of the
+    two heads' losses); the token budget counts `sequence_length` tokens per
+    example, padding included.
+
+    Args:
+        tokenizer: a keras-hub tokenizer with `[PAD]`, `[CLS]`, `[SEP]` and
+            `[MASK]` (see `keras_llm.data.learn_mlm_tokenizer`).
+        preset: str. A name from `keras_llm.models.presets.BERT_PRESETS`.
+            Defaults to `"bert_nano"`.
+        model_overrides: dict or `None`. BERT arguments that replace the
+            preset's. Defaults to `None`.
+        mlm_weight: float. Weight of the masked-LM loss. Defaults to `1.0`.
+        nsp_weight: float. Weight of the next-sentence loss. Defaults to
+            `1.0`.
+        mask_rate: float. Fraction of tokens predicted. Defaults to `0.15`.
+        **kwargs: `PretrainingHyperModel` arguments (`sequence_length` is
+            required).
+
+    Example:
+
+    ```python
+    import keras_tuner
+    import keras_llm
+    from keras_llm.tuning import BertHyperModel
+
+    documents = [
+        f"Story {d} begins. It goes on {d} times. Then story {d} ends."
+        for d in range(12)
+    ]
+    tokenizer = keras_llm.data.learn_mlm_tokenizer(documents, 60)
+    hypermodel = BertHyperModel(
+        tokenizer, sequence_length=16, tokens_per_trial=256,
+        batch_sizes=[4, 8], seed=0, jit_compile=False,
+        model_overrides=dict(num_layers=1, hidden_dim=16, num_heads=2),
+    )
+    tuner = keras_tuner.RandomSearch(
+        hypermodel, objective="val_loss", max_trials=2, seed=0,
+        directory="runs/bert_hypermodel_example", overwrite=True,
+    )
+    tuner.search(documents[:10], validation_data=documents[10:], verbose=0)
+    print(tuner.get_best_hyperparameters()[0].values)
+    ```
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        preset="bert_nano",
+        model_overrides=None,
+        mlm_weight=1.0,
+        nsp_weight=1.0,
+        mask_rate=0.15,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        special_token_ids(tokenizer)  # ValueError naming a missing token
+        get_bert_preset(preset)  # ValueError naming the known presets
+        self.tokenizer = tokenizer
+        self.preset = preset
+        self.model_overrides = dict(model_overrides or {})
+        self.mlm_weight = mlm_weight
+        self.nsp_weight = nsp_weight
+        self.mask_rate = mask_rate
+
+    def build_model(self, hp):
+        preset_length = get_bert_preset(self.preset).get(
+            "max_sequence_length", 0
+        )
+        kwargs = {
+            "vocabulary_size": self.tokenizer.vocabulary_size(),
+            "max_sequence_length": max(preset_length, self.sequence_length),
+        }
+        kwargs.update(self.model_overrides)
+        backbone = BERT.from_preset(self.preset, **kwargs)
+        return BertPretrainer(
+            backbone, mlm_weight=self.mlm_weight, nsp_weight=self.nsp_weight
+        )
+
+    def compile_model(self, model, optimizer):
+        model.compile(optimizer=optimizer, jit_compile=self.jit_compile)
+        return model
+
+    def make_dataset(self, ids, batch_size, training):
+        """`mlm_nsp_dataset` batches of documents `ids` (a list of texts)."""
+        return mlm_nsp_dataset(
+            ids,
+            self.tokenizer,
+            self.sequence_length,
+            batch_size,
+            mask_rate=self.mask_rate,
+            # Validation: the same pairs and masks in every trial.
+            seed=self.seed if training or self.seed is not None else 0,
+            shuffle=training,
+            repeat=training,
+            drop_remainder=training,
         )
 
 

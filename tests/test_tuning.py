@@ -266,3 +266,88 @@ def _literal(text):
     import re
 
     return re.escape(text)
+
+
+# --- BertHyperModel ---
+
+
+def _bert_documents():
+    """12 documents of 6 sentences, each sentence one repeated word."""
+    return [
+        [" ".join([f"d{d}s{s}"] * (1 + (d + s) % 3)) for s in range(6)]
+        for d in range(12)
+    ]
+
+
+def _bert_tokenizer():
+    import keras_hub
+
+    from keras_llm.data.mlm_nsp import SPECIAL_TOKENS
+
+    words = [f"d{d}s{s}" for d in range(12) for s in range(6)]
+    return keras_hub.tokenizers.WordPieceTokenizer(
+        vocabulary=list(SPECIAL_TOKENS) + words, dtype="int32"
+    )
+
+
+def test_bert_hypermodel_search(tmp_path):
+    from keras_llm.models.bert import BertPretrainer
+    from keras_llm.tuning import BertHyperModel
+
+    documents = _bert_documents()
+    hypermodel = BertHyperModel(
+        _bert_tokenizer(),
+        model_overrides=dict(TINY, max_sequence_length=16),
+        sequence_length=16,
+        tokens_per_trial=16 * 4 * 3,
+        batch_sizes=[4, 8],
+        validation_steps=2,
+        seed=0,
+        jit_compile=False,
+    )
+    tuner = keras_tuner.RandomSearch(
+        hypermodel,
+        objective="val_loss",
+        max_trials=2,
+        seed=1,
+        directory=str(tmp_path),
+        overwrite=True,
+    )
+    tuner.search(documents[:10], validation_data=documents[10:], verbose=0)
+    trials = [tuner.oracle.trials[i] for i in tuner.oracle.start_order]
+    assert [t.status for t in trials] == ["COMPLETED", "COMPLETED"]
+    values = [t.hyperparameters.values for t in trials]
+    assert values[0] != values[1]
+    scores = [t.score for t in trials]
+    assert all(math.isfinite(s) and s > 0 for s in scores)
+    for trial in trials:
+        for name in ("val_mlm_loss", "val_nsp_loss", "val_nsp_accuracy"):
+            assert trial.metrics.exists(name), name
+
+    # A trial's model: a compiled pretrainer whose optimizer schedule spans
+    # the token budget.
+    hp = keras_tuner.HyperParameters()
+    for name, value in values[1].items():
+        hp.Fixed(name, value)
+    model = hypermodel.build(hp)
+    assert isinstance(model, BertPretrainer) and model.compiled
+    assert isinstance(model.optimizer, AdamW)
+    assert model.backbone.vocabulary_size == 5 + 72
+    schedule = model.optimizer._learning_rate
+    assert schedule.warmup_steps + schedule.decay_steps == (
+        hypermodel.steps_for(values[1]["batch_size"])
+    )
+
+
+def test_bert_hypermodel_needs_mlm_special_tokens():
+    import keras_hub
+
+    from keras_llm.tuning import BertHyperModel
+
+    plain = keras_hub.tokenizers.WordPieceTokenizer(
+        vocabulary=["[PAD]", "[UNK]", "a"]
+    )
+    with pytest.raises(ValueError, match=r"\[CLS\]"):
+        BertHyperModel(plain, sequence_length=16)
+    with pytest.raises(ValueError, match="Unknown BERT preset"):
+        BertHyperModel(_bert_tokenizer(), preset="nano", sequence_length=16)

@@ -15,11 +15,11 @@ import keras
 # the name as a whole path component.
 NO_DECAY_NAMES = tuple(
     rf"(?:^|/){name}(?:$|[:/])"
-    for name in ("bias", "gamma", "beta", "scale", "embeddings")
+    for name in ("bias", "output_bias", "gamma", "beta", "scale", "embeddings")
 )
 """Variable names (regular expressions) without weight decay in pretraining:
-biases, normalisation scales and offsets, and embedding tables (token and
-position). An untied output projection (`reverse_embeddings`) is a matmul
+biases (also the `output_bias` of keras-hub's `MaskedLMHead`), normalisation
+scales and offsets, and embedding tables (token and position). An untied output projection (`reverse_embeddings`) is a matmul
 weight and decays."""
 
 

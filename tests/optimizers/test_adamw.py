@@ -56,3 +56,27 @@ def test_excluded_variables_are_not_decayed():
     optimizer.apply([zeros, zeros], [decayed, kept])
     np.testing.assert_allclose(decayed.numpy(), 0.95)
     np.testing.assert_allclose(kept.numpy(), 1.0)
+
+
+def test_bert_pretrainer_decays_only_matmul_weights():
+    from keras_llm.models import BERT
+    from keras_llm.models import BertPretrainer
+
+    backbone = BERT(
+        vocabulary_size=20,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        max_sequence_length=8,
+    )
+    model = BertPretrainer(backbone)
+    optimizer = AdamW(weight_decay=0.1, no_decay_names=NO_DECAY_NAMES)
+    optimizer.build(model.trainable_variables)
+    decayed = {
+        v.path.split("/")[-1]
+        for v in model.trainable_variables
+        if optimizer._use_weight_decay(v)
+    }
+    # The MLM head's output bias, the segment and position tables and the
+    # norms are excluded; only kernels decay.
+    assert decayed == {"kernel"}
