@@ -3,7 +3,7 @@
 Importing the package selects the TensorFlow backend unless the user already
 chose one through ``KERAS_BACKEND``. The modelling parts (`layers`, `models`,
 `callbacks`) use ``keras.ops`` only and import without TensorFlow, so they
-also run on JAX; `data`, `pretrain`, `tune` and `generate_text` need TensorFlow and
+also run on JAX; `data`, `pretrain`, `tune`, `finetune` and `generate_text` need TensorFlow and
 are imported on first use.
 """
 
@@ -26,6 +26,9 @@ _LAZY = {
     "pretrain": ("keras_llm.pretraining", "pretrain"),
     "generate_text": ("keras_llm.generate", "generate_text"),
     "tuning": ("keras_llm.tuning", None),
+    "finetuning": ("keras_llm.finetuning", None),
+    "FinetuneConfig": ("keras_llm.finetuning", "FinetuneConfig"),
+    "finetune": ("keras_llm.finetuning", "finetune"),
     "TuneConfig": ("keras_llm.tuning", "TuneConfig"),
     "tune": ("keras_llm.tuning", "tune"),
 }
@@ -42,12 +45,15 @@ def __getattr__(name):
 
 
 __all__ = [
+    "FinetuneConfig",
     "PretrainConfig",
     "TuneConfig",
     "__version__",
     "callbacks",
     "data",
     "distribute",
+    "finetune",
+    "finetuning",
     "generate_text",
     "layers",
     "models",

@@ -2,9 +2,10 @@
 
 `keras-llm pretrain` calls `keras_llm.pretrain(PretrainConfig)`, with one
 flag per `PretrainConfig` field, `keras-llm tune` calls
-`keras_llm.tuning.tune(TuneConfig)` the same way, and `keras-llm generate`
-calls `keras_llm.generate_text`. `--config FILE` reads a YAML mapping of the
-same options; flags given on the command line win over it.
+`keras_llm.tuning.tune(TuneConfig)` the same way, `keras-llm finetune`
+calls `keras_llm.finetuning.finetune(FinetuneConfig)`, and `keras-llm
+generate` calls `keras_llm.generate_text`. `--config FILE` reads a YAML
+mapping of the same options; flags given on the command line win over it.
 """
 
 import argparse
@@ -107,6 +108,27 @@ def _tune_parser(sub):
     return p
 
 
+def _finetune_parser(sub):
+    from keras_llm.finetuning import FinetuneConfig
+
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a pretrained encoder on classification, pairs or QA",
+        description="Load a keras_llm .keras encoder or a keras-hub preset "
+        "folder, train a task head with the backbone frozen, optionally "
+        "unfreeze the top blocks at a lower learning rate, and write "
+        "model.keras, tokenizer.json, metrics.json, TensorBoard logs and "
+        "manifest.json into --out.",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--config", help="YAML file of the same options")
+    add_config_flags(p, FinetuneConfig)
+    p.add_argument(
+        "--quiet", action="store_true", help="no per-step progress bar"
+    )
+    return p
+
+
 def _attribute_docs(cls):
     """Maps each attribute to its text in the class docstring's
     `Attributes:` section (continuation lines joined)."""
@@ -203,6 +225,14 @@ def run_tune(args):
     return 0
 
 
+def run_finetune(args):
+    from keras_llm.finetuning import FinetuneConfig
+    from keras_llm.finetuning import finetune
+
+    finetune(FinetuneConfig(**_config_options(args, FinetuneConfig)))
+    return 0
+
+
 def run_generate(args):
     if args.max_length <= 0:
         raise UserError(f"--max-length must be positive, got {args.max_length}")
@@ -228,6 +258,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
     _pretrain_parser(sub)
     _tune_parser(sub)
+    _finetune_parser(sub)
     _generate_parser(sub)
     return parser
 
@@ -238,6 +269,7 @@ def main(argv=None):
     handlers = {
         "pretrain": run_pretrain,
         "tune": run_tune,
+        "finetune": run_finetune,
         "generate": run_generate,
     }
     try:

@@ -353,3 +353,124 @@ def test_pretrain_and_tune_flags_come_from_their_configs():
     args = parser.parse_args(["pretrain", "--corpus", "a.txt", "b.txt"])
     assert args.corpus == ["a.txt", "b.txt"]
     assert not hasattr(parser.parse_args(["tune"]), "trials")
+
+
+def test_finetune_pair_end_to_end_in_a_subprocess(tmp_path):
+    from tests.test_finetuning import write_backbone
+    from tests.test_finetuning import write_pairs
+
+    backbone = write_backbone(tmp_path / "bert", hidden_dim=16)
+    train = write_pairs(
+        tmp_path / "train.jsonl",
+        12,
+        0,
+        ['{"premise": "a", "hypothesis": "b", "label": "-"}'],
+    )
+    validation = write_pairs(tmp_path / "dev.jsonl", 6, 1)
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keras_llm.cli",
+            "finetune",
+            "--backbone",
+            backbone,
+            "--task",
+            "pair",
+            "--train",
+            train,
+            "--validation",
+            validation,
+            "--sequence-length",
+            "16",
+            "--batch-size",
+            "8",
+            "--epochs",
+            "1",
+            "--seed",
+            "3",
+            "--no-jit-compile",
+            "--quiet",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "fine-tuning finished (pair)" in result.stdout
+    assert "unknown label: 1" in result.stdout  # the train file's report
+    for name in ("model.keras", "tokenizer.json", "metrics.json"):
+        assert (out / name).is_file(), name
+    assert os.listdir(out / "logs")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stage"] == "finetune"
+    assert manifest["options"]["seed"] == 3
+    assert manifest["options"]["task"] == "pair"
+    assert manifest["counts"]["skipped_train_rows"] == 1
+    assert manifest["reports"]["train"]["skipped_rows"][0][0] == 13
+    assert manifest["labels"] == ["entailment", "neutral", "contradiction"]
+    assert manifest["versions"]["keras"] == keras.__version__
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["final"]["accuracy"] <= 1
+    assert metrics["final"]["examples"] == 6
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "ner"], "--task must be one of classification, pair, qa"),
+        (["--epochs", "-1"], "--epochs must be a non-negative integer"),
+        (["--batch-size", "0"], "--batch-size must be a positive integer"),
+        (["--pooling", "max"], "--pooling must be one of cls, mean"),
+        (["--backbone", "/nonexistent/b.keras"], "does not exist"),
+    ],
+)
+def test_finetune_bad_options(tmp_path, capsys, args, message):
+    base = ["--backbone", str(tmp_path), "--train", "t", "--validation", "v"]
+    code = main(["finetune", *base, *args])
+    assert code == 2
+    line = _error_line(capsys)
+    assert line.startswith("keras-llm finetune: error:") and message in line
+
+
+def test_finetune_bad_flag_values_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["finetune", "--epochs", "two"])
+    assert info.value.code == 2
+    assert "invalid int value: 'two'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["finetune", "--unfreez-top", "1"])
+    assert info.value.code == 2
+
+
+def test_finetune_flags_come_from_its_config():
+    import dataclasses
+
+    from keras_llm.cli import build_parser
+    from keras_llm.finetuning import FinetuneConfig
+
+    parser = build_parser()
+    sub = next(
+        a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    flags = {
+        o
+        for a in sub.choices["finetune"]._actions
+        for o in a.option_strings
+        if not o.startswith("--no-")
+    }
+    expected = {
+        "--" + f.name.replace("_", "-")
+        for f in dataclasses.fields(FinetuneConfig)
+        if f.name != "verbose"
+    }
+    assert flags - expected == {"-h", "--help", "--config", "--quiet"}
+    assert expected <= flags, expected - flags
+    args = parser.parse_args(
+        ["finetune", "--labels", "neg", "pos", "--unfreeze-top", "2"]
+    )
+    assert args.labels == ["neg", "pos"] and args.unfreeze_top == 2
+    assert not hasattr(args, "epochs")

@@ -7,6 +7,7 @@ import pytest
 
 import keras_llm
 import keras_llm.data.digits
+import keras_llm.finetuning
 import keras_llm.tuning
 
 PUBLIC = [
@@ -28,6 +29,21 @@ PUBLIC = [
     keras_llm.layers.heads.best_spans,
     keras_llm.layers.heads.CausalLMHead,
     keras_llm.models.GPT,
+    keras_llm.models.BERT,
+    keras_llm.models.BERT.from_preset,
+    keras_llm.models.BertPretrainer,
+    keras_llm.models.EncoderDecoder,
+    keras_llm.data.mlm_nsp_dataset,
+    keras_llm.data.learn_mlm_tokenizer,
+    keras_llm.data.split_sentences,
+    keras_llm.data.read_sentiment,
+    keras_llm.data.read_entailment,
+    keras_llm.data.read_squad,
+    keras_llm.data.classification_dataset,
+    keras_llm.data.pair_dataset,
+    keras_llm.data.squad_features,
+    keras_llm.data.decode_answers,
+    keras_llm.data.squad_metrics,
     keras_llm.models.GPT.with_attention,
     keras_llm.data.CharacterTokenizer,
     keras_llm.data.digits.load_digits,
@@ -39,6 +55,10 @@ PUBLIC = [
     keras_llm.distribute.get_strategy,
     keras_llm.tuning.GPTHyperModel,
     keras_llm.tuning.tune,
+    keras_llm.tuning.BertHyperModel,
+    keras_llm.finetuning.load_backbone,
+    keras_llm.finetuning.build_task_model,
+    keras_llm.finetuning.finetune,
     keras_llm.pretrain,
     keras_llm.generate_text,
 ]
