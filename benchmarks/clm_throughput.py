@@ -35,7 +35,6 @@ A results JSON and a loss-curve PNG are written to `--out`.
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -166,27 +165,6 @@ def parse_args(argv=None):
     if args.steps <= WARMUP_STEPS:
         parser.error(f"--steps must exceed the {WARMUP_STEPS} warm-up steps")
     return args
-
-
-def device_name():
-    """The GPU the run uses, or the CPU model and core count."""
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        details = tf.config.experimental.get_device_details(gpus[0])
-        name = details.get("device_name", gpus[0].name)
-        return f"GPU: {name}" + (f" (x{len(gpus)})" if len(gpus) > 1 else "")
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"CPU: {cpu} ({os.cpu_count()} cores)"
 
 
 def load_data(path):
@@ -552,6 +530,8 @@ def main(argv=None):
     )
     tokenizer, train_ids, val_ids = load_data(args.data)
     vocabulary_size = tokenizer.vocabulary_size()
+    from keras_llm.pretraining import device_name
+
     device = device_name()
     console.print(
         f"[bold]clm_throughput[/bold]: {args.data}: {vocabulary_size} "

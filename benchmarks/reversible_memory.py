@@ -33,7 +33,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -104,19 +103,6 @@ def parse_args(argv=None):
     if args.hidden_dim % args.num_heads:
         parser.error("--hidden-dim must be divisible by --num-heads")
     return args
-
-
-def device_name():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"CPU: {cpu} ({os.cpu_count()} cores)"
 
 
 def build_stack(args, reversible):
@@ -328,6 +314,8 @@ def main(argv=None):
     command = " ".join(
         shlex.quote(a) for a in [os.path.basename(sys.executable)] + sys.argv
     )
+    from keras_llm.pretraining import device_name
+
     device = device_name()
     console.print(
         f"[bold]reversible_memory[/bold]: {args.num_layers} blocks, "

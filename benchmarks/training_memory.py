@@ -77,8 +77,6 @@ import subprocess
 import sys
 import time
 
-from reversible_memory import device_name
-
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join("benchmarks", "results", "training_memory_cpu.json")
 FLAT_TOLERANCE = 0.10
@@ -616,6 +614,8 @@ def main(argv=None):
         for a in [os.path.basename(sys.executable)]
         + (sys.argv if argv is None else [sys.argv[0]] + list(argv))
     )
+    from keras_llm.pretraining import device_name
+
     device = device_name()
     console.print(f"[bold]training_memory[/bold]: {device}")
     results = {

@@ -706,21 +706,6 @@ def report(results, console):
     console.print(f"command: {results['command']}", highlight=False)
 
 
-def device_name():
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"CPU: {cpu} ({os.cpu_count()} cores)"
-
-
 def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
@@ -737,6 +722,7 @@ def main(argv=None):
 
     import keras_llm
     from keras_llm import data
+    from keras_llm.pretraining import device_name
     from keras_llm.pretraining import versions
 
     device = device_name()

@@ -205,6 +205,28 @@ def versions():
     }
 
 
+def device_name():
+    """The GPU a run uses (name, and count if several), or the CPU model and
+    core count: the `device` line of benchmark results and manifests."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        name = details.get("device_name", gpus[0].name)
+        return f"GPU: {name}" + (f" (x{len(gpus)})" if len(gpus) > 1 else "")
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"CPU: {cpu} ({os.cpu_count()} cores)"
+
+
 def make_optimizer(config):
     """`keras_llm.optimizers.for_pretraining` with the config's options:
     AdamW (no decay on biases, norms, embeddings), global-norm clipping,

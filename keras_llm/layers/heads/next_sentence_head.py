@@ -97,6 +97,17 @@ class ClassifierParts:
         self.dropout = dropout
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
+    def _init_classes(self, owner, num_classes, pooling, poolings):
+        """Checks and sets `num_classes` and `pooling` (one of `poolings`)."""
+        check_positive_int(owner, "num_classes", num_classes)
+        if pooling not in poolings:
+            raise ValueError(
+                f"`{owner}` expects `pooling` to be one of {poolings}. "
+                f"Received: pooling={pooling!r}."
+            )
+        self.num_classes = num_classes
+        self.pooling = pooling
+
 
 @keras.saving.register_keras_serializable(package="keras_llm")
 class NextSentenceHead(ClassifierParts, keras.layers.Layer):

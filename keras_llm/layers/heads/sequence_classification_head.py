@@ -8,7 +8,6 @@ sequence output, with `[CLS]` or masked-mean pooling.
 import keras
 from keras import ops
 
-from keras_llm.checks import check_positive_int
 from keras_llm.layers.heads.next_sentence_head import ClassifierParts
 from keras_llm.layers.heads.next_sentence_head import check_mask_rank
 from keras_llm.layers.heads.next_sentence_head import check_sequence_shape
@@ -99,17 +98,10 @@ class SequenceClassificationHead(ClassifierParts, keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         owner = "SequenceClassificationHead"
-        check_positive_int(owner, "num_classes", num_classes)
-        if pooling not in POOLINGS:
-            raise ValueError(
-                f"`{owner}` expects `pooling` to be one of {POOLINGS}. "
-                f"Received: pooling={pooling!r}."
-            )
+        self._init_classes(owner, num_classes, pooling, POOLINGS)
         self._init_classifier(
             owner, intermediate_dim, activation, dropout, kernel_initializer
         )
-        self.num_classes = num_classes
-        self.pooling = pooling
 
     def build(self, sequence_output_shape, padding_mask_shape=None):
         hidden_dim = check_sequence_shape(
