@@ -308,3 +308,71 @@ def test_fit_under_mirrored_strategy_in_mixed_bfloat16(
         0.5 * np.array(h["mlm_loss"]) + 2.0 * np.array(h["nsp_loss"]),
         rtol=1e-3,
     )
+
+
+def _copy_keras_hub_bert(hub, ours):
+    """Copies a keras-hub `BertBackbone`'s weights into our `BERT`."""
+    get = {w.path: w.numpy() for w in hub.weights}
+    put = {w.path: w for w in ours.weights}
+    for name in ("token", "position", "segment"):
+        key = f"{name}_embedding/embeddings"
+        put[key].assign(get[key])
+    for part in ("gamma", "beta"):
+        put[f"embedding_norm/{part}"].assign(
+            get[f"embeddings_layer_norm/{part}"]
+        )
+    for i in range(ours.num_layers):
+        src, dst = f"transformer_layer_{i}/", f"block_{i}/"
+        attention = src + "self_attention_layer/"
+
+        def flat(name, kind):
+            value = get[f"{attention}{name}/{kind}"]
+            return (
+                value.reshape(value.shape[0], -1)
+                if kind == "kernel"
+                else (value.reshape(-1))
+            )
+
+        for kind in ("kernel", "bias"):
+            put[f"{dst}self_attention/qkv/{kind}"].assign(
+                np.concatenate(
+                    [flat(n, kind) for n in ("query", "key", "value")], -1
+                )
+            )
+        out = get[attention + "attention_output/kernel"]
+        put[dst + "self_attention/output/kernel"].assign(
+            out.reshape(-1, out.shape[-1])
+        )
+        put[dst + "self_attention/output/bias"].assign(
+            get[attention + "attention_output/bias"]
+        )
+        for ours_norm, hub_norm in (
+            ("self_attention_norm", "self_attention_layer_norm"),
+            ("feed_forward_norm", "feedforward_layer_norm"),
+        ):
+            for part in ("gamma", "beta"):
+                put[f"{dst}{ours_norm}/{part}"].assign(
+                    get[f"{src}{hub_norm}/{part}"]
+                )
+        for ours_dense, hub_dense in (
+            ("up", "feedforward_intermediate_dense"),
+            ("down", "feedforward_output_dense"),
+        ):
+            for kind in ("kernel", "bias"):
+                put[f"{dst}feed_forward/{ours_dense}/{kind}"].assign(
+                    get[f"{src}{hub_dense}/{kind}"]
+                )
+
+
+def test_same_outputs_as_keras_hub_bert_with_the_same_weights():
+    config = dict(TINY, dropout=0.0)
+    keras.utils.set_random_seed(3)
+    hub = keras_hub.models.BertBackbone(**config)
+    ours = BERT(**config)
+    x = _inputs()
+    ours(x)
+    _copy_keras_hub_bert(hub, ours)
+    expected = hub(x)["sequence_output"]
+    np.testing.assert_allclose(ours(x), expected, atol=2e-5)
+    # Not the same by accident: other weights give other outputs.
+    assert not np.allclose(BERT(**config)(x), expected, atol=1e-2)
