@@ -44,6 +44,9 @@ class PretrainConfig:
 
     Attributes:
         corpus: text files or folders; empty means the embedded corpus.
+        data: a folder written by `keras-llm data prepare` (token shards
+            and tokenizer.json); replaces corpus, tokenizer and
+            vocabulary_size, and its train/validation split is used.
         out: output folder.
         preset: model size from `keras_llm.models.presets`.
         tokenizer: `"character"` or `"wordpiece"`.
@@ -79,6 +82,7 @@ class PretrainConfig:
     """
 
     corpus: list = dataclasses.field(default_factory=list)
+    data: str = None
     out: str = "runs/pretrain"
     preset: str = "nano"
     tokenizer: str = "character"
@@ -320,6 +324,8 @@ def prepare_clm_data(config):
         CorpusError: for an unreadable corpus or one shorter than a window
             of `sequence_length + 1` tokens in either split.
     """
+    if getattr(config, "data", None):
+        return _prepared_clm_data(config)
     if config.corpus:
         documents = read_corpus(config.corpus)
         corpus_name = [os.fspath(p) for p in config.corpus]
@@ -331,19 +337,72 @@ def prepare_clm_data(config):
     )
     token_ids = tokenize_documents(tokenizer, documents)
     train_ids, val_ids = split_tokens(token_ids, config.validation_fraction)
-    t = config.sequence_length
-    for split, ids in (("training", train_ids), ("validation", val_ids)):
-        if num_windows(len(ids), t) < 1:
-            raise CorpusError(
-                f"the corpus gives {len(ids)} {split} tokens, fewer than one "
-                f"block of sequence_length + 1 = {t + 1}; use more text or a "
-                "shorter --sequence-length"
-            )
+    _check_windows(train_ids, val_ids, config.sequence_length)
     return {
-        "documents": documents,
+        "documents": len(documents),
         "corpus_name": corpus_name,
         "tokenizer": tokenizer,
         "token_ids": token_ids,
+        "train_ids": train_ids,
+        "val_ids": val_ids,
+    }
+
+
+def sample_prompt(tokenizer, prompt, train_ids):
+    """`prompt`, or the first training token's text when `prompt` gives no
+    token (`"\\n"` with a WordPiece or SentencePiece vocabulary)."""
+    ids = keras.ops.convert_to_numpy(tokenizer.tokenize(prompt))
+    if len(ids):
+        return prompt
+    text = tokenizer.detokenize(train_ids[:1])
+    if not isinstance(text, str):
+        text = keras.ops.convert_to_numpy(text).item()
+        text = text.decode("utf-8") if isinstance(text, bytes) else text
+    return text
+
+
+def _check_windows(train_ids, val_ids, sequence_length):
+    for split, ids in (("training", train_ids), ("validation", val_ids)):
+        if num_windows(len(ids), sequence_length) < 1:
+            raise CorpusError(
+                f"the corpus gives {len(ids)} {split} tokens, fewer than one "
+                f"block of sequence_length + 1 = {sequence_length + 1}; use "
+                "more text or a shorter --sequence-length"
+            )
+
+
+def _prepared_clm_data(config):
+    """`prepare_clm_data` for a `keras-llm data prepare` output folder."""
+    import numpy as np
+
+    from keras_llm.data.shards import read_shards
+    from keras_llm.data.vocab import load_tokenizer
+
+    folder = os.fspath(config.data)
+    manifest_path = os.path.join(folder, "manifest.json")
+    if not os.path.isfile(manifest_path):
+        raise CorpusError(
+            f"--data {folder} has no manifest.json: pass the --out folder of "
+            "a finished `keras-llm data prepare`"
+        )
+    with open(manifest_path, encoding="utf-8") as f:
+        prepared = json.load(f)
+    tokenizer = load_tokenizer(folder)
+    try:
+        train_ids = read_shards(folder, "train").astype("int32")
+        val_ids = read_shards(folder, "validation").astype("int32")
+    except (OSError, ValueError) as e:
+        raise CorpusError(
+            f"--data {folder}: cannot read the shards ({e})"
+        ) from e
+    _check_windows(train_ids, val_ids, config.sequence_length)
+    shards = prepared.get("shards", {})
+    documents = sum(int(split.get("documents", 0)) for split in shards.values())
+    return {
+        "documents": documents,
+        "corpus_name": folder,
+        "tokenizer": tokenizer,
+        "token_ids": np.concatenate([train_ids, val_ids]),
         "train_ids": train_ids,
         "val_ids": val_ids,
     }
@@ -354,7 +413,7 @@ def data_manifest(data):
     return {
         "inputs": {
             "corpus": data["corpus_name"],
-            "documents": len(data["documents"]),
+            "documents": data["documents"],
         },
         "counts": {
             "tokens": int(len(data["token_ids"])),
@@ -458,11 +517,12 @@ def _pretrain(config, strategy, started):
         ),
         keras.callbacks.TensorBoard(paths["tensorboard"], update_freq="epoch"),
     ]
+    prompt = sample_prompt(tokenizer, config.sample_prompt, data["train_ids"])
     if config.sample_every:
         callbacks.append(
             SampleGenerator(
                 tokenizer,
-                prompt=config.sample_prompt,
+                prompt=prompt,
                 every_n_steps=config.sample_every * config.accumulate,
                 max_length=min(config.sample_length, model.max_sequence_length),
                 seed=config.seed,
@@ -486,7 +546,7 @@ def _pretrain(config, strategy, started):
     model.save(paths["model"])
 
     sample = model.generate(
-        config.sample_prompt,
+        prompt,
         max_length=min(config.sample_length, model.max_sequence_length),
         sampler="top_k",
         tokenizer=tokenizer,

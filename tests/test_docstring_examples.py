@@ -6,7 +6,12 @@ import re
 import pytest
 
 import keras_llm
+import keras_llm.data.clean
+import keras_llm.data.crawl
+import keras_llm.data.dedup
 import keras_llm.data.digits
+import keras_llm.data.extract
+import keras_llm.data.prepare
 import keras_llm.finetuning
 import keras_llm.tuning
 
@@ -47,6 +52,23 @@ PUBLIC = [
     keras_llm.models.GPT.with_attention,
     keras_llm.data.CharacterTokenizer,
     keras_llm.data.digits.load_digits,
+    keras_llm.data.StageReport,
+    keras_llm.data.read_documents,
+    keras_llm.data.extract.extract,
+    keras_llm.data.clean.clean,
+    keras_llm.data.normalize_text,
+    keras_llm.data.quality_issues,
+    keras_llm.data.CleanConfig,
+    keras_llm.data.dedup.dedup,
+    keras_llm.data.Deduplicator,
+    keras_llm.data.shingles,
+    keras_llm.data.crawl.crawl,
+    keras_llm.data.normalize_url,
+    keras_llm.data.learn_tokenizer,
+    keras_llm.data.vocabulary_coverage,
+    keras_llm.data.prepare.prepare,
+    keras_llm.data.ShardWriter,
+    keras_llm.data.shard_dataset,
     keras_llm.callbacks.ThroughputMeter,
     keras_llm.optimizers.GradientAccumulation,
     keras_llm.optimizers.AdamW,

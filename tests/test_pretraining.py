@@ -108,3 +108,52 @@ def test_bad_technique_options(tmp_path, capsys, args, message):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece"])
+def test_pretrain_on_a_prepared_folder(tmp_path, kind):
+    """`keras-llm data prepare` then `keras-llm pretrain --data`: the shards
+    and the tokenizer of the folder are used as they are."""
+    from keras_llm.data.corpus import default_corpus
+    from keras_llm.data.prepare import prepare
+    from keras_llm.data.shards import read_shards
+
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    for i, text in enumerate(default_corpus()[:12]):
+        (pages / f"{i}.txt").write_text(text)
+    prepared = tmp_path / "prepared"
+    manifest = prepare(
+        inputs=[str(pages)],
+        out=str(prepared),
+        tokenizer=kind,
+        vocabulary_size=300,
+        validation_fraction=0.2,
+    )
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    out = tmp_path / "run"
+    code = main(
+        ["pretrain", "--config", str(config), "--data", str(prepared)]
+        + ["--out", str(out), "--quiet", "--no-jit-compile"]
+    )
+    assert code == 0
+    with open(out / "manifest.json") as f:
+        run = json.load(f)
+    counts = run["counts"]
+    assert counts["train_tokens"] == len(read_shards(str(prepared), "train"))
+    assert counts["validation_tokens"] == len(
+        read_shards(str(prepared), "validation")
+    )
+    assert (
+        counts["vocabulary_size"] == manifest["vocabulary"]["vocabulary_size"]
+    )
+    assert run["inputs"]["documents"] == manifest["overall"]["kept"]
+    model = keras.saving.load_model(out / "model.keras")
+    assert model.vocabulary_size == counts["vocabulary_size"]
+
+
+def test_pretrain_data_folder_errors(tmp_path, capsys):
+    code = main(["pretrain", "--data", str(tmp_path), "--out", str(tmp_path)])
+    assert code == 2
+    assert "manifest.json" in capsys.readouterr().err

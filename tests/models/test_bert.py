@@ -325,7 +325,7 @@ def _copy_keras_hub_bert(hub, ours):
         src, dst = f"transformer_layer_{i}/", f"block_{i}/"
         attention = src + "self_attention_layer/"
 
-        def flat(name, kind):
+        def flat(name, kind, attention=attention):
             value = get[f"{attention}{name}/{kind}"]
             return (
                 value.reshape(value.shape[0], -1)
