@@ -74,6 +74,16 @@ def num_windows(num_tokens, sequence_length, stride=None):
     return (num_tokens - sequence_length - 1) // stride + 1
 
 
+def check_positive_sizes(**sizes):
+    """Raises `ValueError` naming the first size that is not a positive
+    integer."""
+    for name, value in sizes.items():
+        if not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(
+                f"`{name}` must be a positive integer. Received: {value!r}."
+            )
+
+
 def clm_dataset(
     token_ids,
     sequence_length,
@@ -111,14 +121,7 @@ def clm_dataset(
         ValueError: if the stream is shorter than one window, or a size is
             not positive.
     """
-    for name, value in (
-        ("sequence_length", sequence_length),
-        ("batch_size", batch_size),
-    ):
-        if not isinstance(value, (int, np.integer)) or value <= 0:
-            raise ValueError(
-                f"`{name}` must be a positive integer. Received: {value!r}."
-            )
+    check_positive_sizes(sequence_length=sequence_length, batch_size=batch_size)
     stride = stride or sequence_length
     token_ids = np.asarray(token_ids, dtype=np.int32).reshape(-1)
     count = num_windows(len(token_ids), sequence_length, stride)

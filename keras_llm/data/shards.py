@@ -28,6 +28,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from keras_llm.data.pipelines import check_positive_sizes
+
 INDEX_FILE = "index.json"
 SHARD_PATTERN = "shard_{:05d}.npy"
 DTYPES = ("uint16", "int32")
@@ -353,14 +355,7 @@ def shard_dataset(
         ValueError: if the folder holds no shards, the stream is shorter
             than one batch of windows, or a size is not positive.
     """
-    for name, value in (
-        ("sequence_length", sequence_length),
-        ("batch_size", batch_size),
-    ):
-        if not isinstance(value, (int, np.integer)) or value <= 0:
-            raise ValueError(
-                f"`{name}` must be a positive integer. Received: {value!r}."
-            )
+    check_positive_sizes(sequence_length=sequence_length, batch_size=batch_size)
     arrays = shard_arrays(folder, split)
     sizes = np.array([len(a) for a in arrays], np.int64)
     starts = np.concatenate([[0], np.cumsum(sizes)])
