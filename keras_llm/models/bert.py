@@ -18,6 +18,8 @@ from keras_llm.checks import check_positive_int
 from keras_llm.checks import check_rate
 from keras_llm.layers.heads.next_sentence_head import NextSentenceHead
 from keras_llm.layers.transformer_block import TransformerBlock
+from keras_llm.models.dtypes import deserialize_dtype
+from keras_llm.models.dtypes import serialize_dtype
 
 BERT_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 PRETRAINER_INPUTS = BERT_INPUTS + ("mask_positions",)
@@ -25,19 +27,6 @@ PRETRAINER_INPUTS = BERT_INPUTS + ("mask_positions",)
 
 def _initializer():
     return keras.initializers.TruncatedNormal(stddev=0.02)
-
-
-def _serialize_dtype(dtype):
-    if dtype is None:
-        return None
-    return keras.dtype_policies.serialize(keras.dtype_policies.get(dtype))
-
-
-def _deserialize_dtype(config):
-    config = dict(config)
-    if isinstance(config.get("dtype"), dict):
-        config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
-    return config
 
 
 def _with_default_inputs(owner, inputs, names):
@@ -358,12 +347,12 @@ class BERT(keras.Model):
             "attention_kwargs": self.attention_kwargs,
             "use_bias": self.use_bias,
             "remat": self.remat,
-            "dtype": _serialize_dtype(self._layers_dtype),
+            "dtype": serialize_dtype(self, self._layers_dtype),
         }
 
     @classmethod
     def from_config(cls, config):
-        return cls(**_deserialize_dtype(config))
+        return cls(**deserialize_dtype(config))
 
 
 @keras.saving.register_keras_serializable(package="keras_llm")

@@ -17,6 +17,8 @@ from keras import ops
 from keras_llm.checks import check_positive_int
 from keras_llm.checks import check_rate
 from keras_llm.layers.transformer_block import TransformerBlock
+from keras_llm.models.dtypes import deserialize_dtype
+from keras_llm.models.dtypes import serialize_dtype
 
 _INPUT_NAMES = (
     "encoder_token_ids",
@@ -781,18 +783,9 @@ class EncoderDecoder(keras.Model):
             "rotary_max_wavelength": self.rotary_max_wavelength,
             "pad_token_id": self.pad_token_id,
             "remat": self.remat,
-            "dtype": (
-                keras.dtype_policies.serialize(
-                    keras.dtype_policies.get(self._layers_dtype)
-                )
-                if self._layers_dtype is not None
-                else None
-            ),
+            "dtype": serialize_dtype(self, self._layers_dtype),
         }
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
-        return cls(**config)
+        return cls(**deserialize_dtype(config))

@@ -18,6 +18,8 @@ from keras_llm.checks import check_rate
 from keras_llm.layers.attention import get_attention
 from keras_llm.layers.attention.convert import transfer_attention_weights
 from keras_llm.layers.transformer_block import TransformerBlock
+from keras_llm.models.dtypes import deserialize_dtype
+from keras_llm.models.dtypes import serialize_dtype
 
 _MODEL_ARGUMENTS = ("name", "trainable")
 
@@ -502,23 +504,12 @@ class GPT(keras.Model):
             "tie_embeddings": self.tie_embeddings,
             "rotary_max_wavelength": self.rotary_max_wavelength,
             "remat": self.remat,
-            "dtype": (
-                keras.dtype_policies.serialize(
-                    keras.dtype_policies.get(self._layers_dtype)
-                )
-                if self._layers_dtype is not None
-                else None
-            ),
+            "dtype": serialize_dtype(self, self._layers_dtype),
         }
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        if config.get("dtype") is not None and isinstance(
-            config["dtype"], dict
-        ):
-            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
-        return cls(**config)
+        return cls(**deserialize_dtype(config))
 
     def with_attention(self, attention, **attention_kwargs):
         """The same model with another attention in every block, same weights.
