@@ -41,7 +41,10 @@ def add_config_flags(parser, config_cls, only=None, skip=()):
     `argument_default=SUPPRESS`. `only` (names) restricts the flags to
     those fields; fields in `skip` get none.
     """
-    docs = _attribute_docs(config_cls)
+    docs = {}
+    for klass in reversed(config_cls.__mro__):  # base classes first
+        if dataclasses.is_dataclass(klass):
+            docs.update(_attribute_docs(klass))
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
         if field.name in _NOT_FLAGS or field.name in skip:
@@ -150,6 +153,55 @@ def _finetune_parser(sub):
         "--quiet", action="store_true", help="no per-step progress bar"
     )
     return p
+
+
+_COMPRESSION = {
+    "prune": (
+        "PruneConfig",
+        "prune_run",
+        "prune a GPT's kernels to a sparsity while fine-tuning",
+    ),
+    "quantize": (
+        "QuantizeConfig",
+        "quantize_run",
+        "quantize a GPT to int8 or int4 (post-training or QAT)",
+    ),
+    "distill": (
+        "DistillConfig",
+        "distill_run",
+        "distil a GPT into a smaller GPT student",
+    ),
+}
+
+
+def _compression_parser(sub, command):
+    from keras_llm.compression import commands
+
+    config_name, _, text = _COMPRESSION[command]
+    p = sub.add_parser(
+        command,
+        help=text,
+        description=text[0].upper() + text[1:] + "; print a before/after "
+        "table (parameters, bytes on disk, gzip'd bytes, validation loss) "
+        "and write model.keras, tokenizer.json, compression.json and "
+        "manifest.json into --out.",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--config", help="YAML file of the same options")
+    add_config_flags(p, getattr(commands, config_name))
+    p.add_argument(
+        "--quiet", action="store_true", help="no per-step progress bar"
+    )
+    return p
+
+
+def run_compression(args):
+    from keras_llm.compression import commands
+
+    config_name, function, _ = _COMPRESSION[args.command]
+    config_cls = getattr(commands, config_name)
+    getattr(commands, function)(config_cls(**_config_options(args, config_cls)))
+    return 0
 
 
 def _attribute_docs(cls):
@@ -561,6 +613,8 @@ def build_parser():
     _finetune_parser(sub)
     _generate_parser(sub)
     _data_parser(sub)
+    for command in _COMPRESSION:
+        _compression_parser(sub, command)
     return parser
 
 
@@ -573,6 +627,7 @@ def main(argv=None):
         "finetune": run_finetune,
         "generate": run_generate,
         "data": run_data,
+        **{command: run_compression for command in _COMPRESSION},
     }
     try:
         return handlers[args.command](args)

@@ -77,7 +77,9 @@ class CompressConfig:
 def _tokenizer_for(model_path):
     from keras_llm.data.vocab import load_tokenizer
 
-    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), TOKENIZER_FILE)
+    path = os.path.join(
+        os.path.dirname(os.path.abspath(model_path)), TOKENIZER_FILE
+    )
     if not os.path.isfile(path):
         raise UserError(
             f"no {TOKENIZER_FILE} beside {model_path}: pass a model folder "
@@ -211,7 +213,9 @@ def report_table(rows, title):
         "val loss",
         "change",
     ):
-        table.add_column(column, justify="left" if column == "model" else "right")
+        table.add_column(
+            column, justify="left" if column == "model" else "right"
+        )
     base = rows[0]
     for row in rows:
         change = row["validation_loss"] / base["validation_loss"] - 1
@@ -246,7 +250,11 @@ def finish(config, run, rows, technique, extra, started):
         json.dump(result, f, indent=2, default=str)
     manifest = {
         "stage": technique,
-        "inputs": {"model": config.model, "corpus": config.corpus, "data": config.data},
+        "inputs": {
+            "model": config.model,
+            "corpus": config.corpus,
+            "data": config.data,
+        },
         "options": dataclasses.asdict(config),
         "results": result,
         "versions": versions(),
@@ -265,3 +273,212 @@ def _prepare_out(config):
         os.path.abspath(config.model)
     ):
         raise UserError("--out must differ from the model's folder")
+
+
+@dataclasses.dataclass
+class PruneConfig(CompressConfig):
+    """Options of `keras-llm prune` (and the shared ones).
+
+    Attributes:
+        sparsity: final fraction of zeros in every pruned kernel.
+        prune_fraction: share of the steps over which sparsity ramps up
+            (tfmot `PolynomialDecay` from 0); the rest fine-tunes at it.
+        frequency: steps between mask updates.
+        block_size: structured pruning blocks, e.g. 1 4 (1 1: unstructured).
+    """
+
+    sparsity: float = 0.5
+    prune_fraction: float = 0.5
+    frequency: int = 10
+    block_size: list[int] = dataclasses.field(default_factory=lambda: [1, 1])
+
+
+@dataclasses.dataclass
+class QuantizeConfig(CompressConfig):
+    """Options of `keras-llm quantize` (and the shared ones).
+
+    Attributes:
+        mode: int8 or int4 (post-training, Keras `Model.quantize`), or qat
+            (int8 quantization-aware fine-tuning for --steps, then int8).
+    """
+
+    mode: str = "int8"
+
+
+@dataclasses.dataclass
+class DistillConfig(CompressConfig):
+    """Options of `keras-llm distill` (and the shared ones); `model` is the
+    teacher.
+
+    Attributes:
+        student_preset: GPT preset of the student (keras_llm.models.presets).
+        student_layers: blocks of the student (default: the preset's).
+        student_hidden_dim: width of the student (default: the preset's).
+        temperature: softening of both distributions (loss scaled by T^2).
+        alpha: weight of the ground-truth loss; 1 - alpha on the teacher's.
+    """
+
+    student_preset: str = "nano"
+    student_layers: int = None
+    student_hidden_dim: int = None
+    temperature: float = 2.0
+    alpha: float = 0.5
+
+
+def _fit(model, run, config, callbacks=()):
+    return model.fit(
+        run["train"],
+        steps_per_epoch=config.steps,
+        epochs=1,
+        callbacks=list(callbacks),
+        shuffle=False,  # the dataset shuffles itself
+        verbose=config.verbose,
+    )
+
+
+def prune_run(config=None, **options):
+    """Prunes a saved GPT to `sparsity` while fine-tuning, strips the masks
+    and writes the plain model; see `keras_llm.compression.pruning`.
+
+    Returns:
+        The `compression.json` dict: `rows` (before, after), `sparsity`.
+    """
+    from keras_llm.compression import pruning
+
+    config = config or PruneConfig(**options)
+    if not 0 <= config.sparsity < 1:
+        raise UserError(f"--sparsity must be in [0, 1), got {config.sparsity}")
+    if not 0 < config.prune_fraction <= 1:
+        raise UserError("--prune-fraction must be in (0, 1]")
+    started = time.time()
+    _prepare_out(config)
+    keras.utils.set_random_seed(config.seed)
+    run = load_run(config)
+    model = run["model"]
+    before = measure(
+        model, run["validation"], os.path.join(config.out, "before.keras"),
+        "original",
+    )  # fmt: skip
+    schedule = pruning._tfmot_sparsity().PolynomialDecay(
+        initial_sparsity=0.0,
+        final_sparsity=config.sparsity,
+        begin_step=0,
+        end_step=max(1, int(config.steps * config.prune_fraction)),
+        frequency=config.frequency,
+    )
+    pruned = pruning.prune_low_magnitude(
+        model, schedule, block_size=tuple(config.block_size)
+    )
+    compile_for_training(pruned, config)
+    _fit(pruned, run, config, [pruning.UpdatePruningStep()])
+    plain = pruning.strip_pruning(pruned)
+    after = measure(
+        plain, run["validation"], os.path.join(config.out, "model.keras"),
+        f"pruned {config.sparsity:.0%}",
+    )  # fmt: skip
+    report = pruning.sparsity_report(plain)
+    os.remove(before["path"])
+    return finish(
+        config, run, [before, after], "prune", {"sparsity": report}, started
+    )
+
+
+def quantize_run(config=None, **options):
+    """Quantizes a saved GPT (int8/int4 post-training, or int8 QAT) and
+    writes the Keras quantized model; see
+    `keras_llm.compression.quantization`."""
+    from keras_llm.compression import quantization
+
+    config = config or QuantizeConfig(**options)
+    if config.mode not in ("int8", "int4", "qat"):
+        raise UserError(
+            f"--mode must be int8, int4 or qat, got {config.mode!r}"
+        )
+    started = time.time()
+    _prepare_out(config)
+    keras.utils.set_random_seed(config.seed)
+    run = load_run(config)
+    model = run["model"]
+    before = measure(
+        model, run["validation"], os.path.join(config.out, "before.keras"),
+        "float32",
+    )  # fmt: skip
+    if config.mode == "qat":
+        aware = quantization.quantize_aware(
+            model, input_quantization="dynamic", initial_range=None
+        )
+        compile_for_training(aware, config)
+        _fit(aware, run, config)
+        quantized = quantization.convert_qat(aware)
+        name = "int8 (QAT)"
+    else:
+        quantized = quantization.quantize_weights(model, mode=config.mode).model
+        name = config.mode
+    after = measure(
+        quantized, run["validation"], os.path.join(config.out, "model.keras"),
+        name,
+    )  # fmt: skip
+    os.remove(before["path"])
+    extra = {
+        "weight_bytes_ratio": after["weight_bytes"] / before["weight_bytes"]
+    }
+    return finish(config, run, [before, after], "quantize", extra, started)
+
+
+def distill_run(config=None, **options):
+    """Distils a saved GPT (the teacher) into a smaller GPT student and
+    writes the student; see `keras_llm.compression.distillation`."""
+    from keras_llm.compression.distillation import Distiller
+    from keras_llm.models import GPT
+    from keras_llm.optimizers import for_pretraining
+
+    config = config or DistillConfig(**options)
+    if config.temperature <= 0 or not 0 <= config.alpha <= 1:
+        raise UserError("--temperature must be > 0 and --alpha in [0, 1]")
+    started = time.time()
+    _prepare_out(config)
+    keras.utils.set_random_seed(config.seed)
+    run = load_run(config)
+    teacher = run["model"]
+    teacher_row = measure(
+        teacher, run["validation"], os.path.join(config.out, "teacher.keras"),
+        "teacher",
+    )  # fmt: skip
+    overrides = {
+        "vocabulary_size": teacher.vocabulary_size,
+        "max_sequence_length": teacher.max_sequence_length,
+        "position_embedding": teacher.position_embedding,
+    }
+    if config.student_layers:
+        overrides["num_layers"] = config.student_layers
+    if config.student_hidden_dim:
+        overrides["hidden_dim"] = config.student_hidden_dim
+        overrides["intermediate_dim"] = 4 * config.student_hidden_dim
+    try:
+        student = GPT.from_preset(config.student_preset, **overrides)
+    except (KeyError, ValueError) as e:
+        raise UserError(f"bad student: {e}") from None
+    distiller = Distiller(
+        teacher, student, task="clm", temperature=config.temperature,
+        alpha=config.alpha,
+    )  # fmt: skip
+    distiller.compile(
+        optimizer=for_pretraining(
+            total_steps=config.steps,
+            learning_rate=config.learning_rate,
+            warmup_steps=max(1, config.steps // 10),
+            weight_decay=0.0,
+        )
+    )
+    _fit(distiller, run, config)
+    student_row = measure(
+        distiller.student, run["validation"],
+        os.path.join(config.out, "model.keras"), "student (distilled)",
+    )  # fmt: skip
+    os.remove(teacher_row["path"])
+    extra = {
+        "parameter_ratio": student_row["parameters"] / teacher_row["parameters"]
+    }
+    return finish(
+        config, run, [teacher_row, student_row], "distill", extra, started
+    )
