@@ -6,6 +6,7 @@ import re
 import pytest
 
 import keras_llm
+import keras_llm.compression
 import keras_llm.data.clean
 import keras_llm.data.crawl
 import keras_llm.data.dedup
@@ -52,6 +53,14 @@ PUBLIC = [
     keras_llm.models.GPT.with_attention,
     keras_llm.data.CharacterTokenizer,
     keras_llm.data.digits.load_digits,
+    keras_llm.compression.prune_low_magnitude,
+    keras_llm.compression.strip_pruning,
+    keras_llm.compression.sparsity_report,
+    keras_llm.compression.UpdatePruningStep,
+    keras_llm.compression.Distiller,
+    keras_llm.compression.attention_probabilities,
+    keras_llm.compression.factorize,
+    keras_llm.compression.LowRankDense,
     keras_llm.data.StageReport,
     keras_llm.data.read_documents,
     keras_llm.data.extract.extract,
@@ -103,3 +112,23 @@ def test_example_runs(obj, tmp_path, monkeypatch):
     for code in _examples(obj):
         namespace = {"keras_llm": keras_llm, "keras": __import__("keras")}
         exec(compile(code, f"<{obj.__name__} example>", "exec"), namespace)
+
+
+# Modules whose examples are written as doctests (`>>>`) rather than
+# ```python blocks.
+DOCTEST_MODULES = ["keras_llm.compression.quantization"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DOCTEST_MODULES)
+def test_doctest_examples_run(name, tmp_path, monkeypatch):
+    import doctest
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    module = importlib.import_module(name)
+    result = doctest.testmod(
+        module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    )
+    assert result.attempted > 0
+    assert result.failed == 0
