@@ -10,7 +10,7 @@ Which library does the work:
   (`Model.quantize`: int8 `Dense`/`EinsumDense` with per-channel scales).
 - TFLite models come from `tf.lite.TFLiteConverter` on a
   `model.export(..., format="tf_saved_model")` export.
-- tf_keras models (or `TF_USE_LEGACY_KERAS=1`) go to
+- tf_keras models (built with `TF_USE_LEGACY_KERAS=1`) go to
   `tfmot.quantization.keras.quantize_model`.
 
 What is hand-written and why: tensorflow-model-optimization's
@@ -618,7 +618,7 @@ def quantize_aware(
     Compile and `fit` the result as usual; a Functional or Sequential result
     saves and loads as `.keras`.
 
-    A tf_keras model (or any model with `TF_USE_LEGACY_KERAS=1`) goes to
+    A tf_keras model (one built with `TF_USE_LEGACY_KERAS=1`) goes to
     `tfmot.quantization.keras.quantize_model` instead, with tfmot's defaults.
 
     Args:
@@ -673,9 +673,9 @@ def quantize_aware(
             f"`quantize_aware` got unsupported={unsupported!r}; expected "
             "'raise' or 'skip'."
         )
-    if os.environ.get("TF_USE_LEGACY_KERAS") == "1" or _is_tf_keras_model(
-        model
-    ):
+    # By the model's type, not TF_USE_LEGACY_KERAS: importing tfmot (for a
+    # pruning schedule, say) sets that variable for the whole process.
+    if _is_tf_keras_model(model):
         options = (weight_bits, activation_bits, ema_decay, initial_range)
         if options != (8, 8, 0.999, (-6.0, 6.0)) or (
             input_quantization != "static"

@@ -362,3 +362,15 @@ def test_bad_input():
         q.to_tflite(per_channel, mode="int8", representative_dataset=_data())
     with pytest.raises(ValueError, match="input_quantization='x'"):
         q.quantize_aware(model, input_quantization="x")
+
+
+def test_keras_3_model_is_not_handed_to_tfmot_when_the_variable_is_set(
+    monkeypatch,
+):
+    # Importing tfmot (e.g. for a pruning schedule) sets this variable for
+    # the whole process; a Keras 3 model must still get our QAT.
+    monkeypatch.setenv("TF_USE_LEGACY_KERAS", "1")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    aware = q.quantize_aware(model)
+    assert isinstance(aware, keras.Model)
+    assert type(aware.layers[0]).__name__ == "QuantizeAwareDense"
