@@ -21,9 +21,9 @@ import time
 import keras
 import numpy as np
 
+from keras_llm.compression.quantization import weight_bytes
+from keras_llm.data.vocab import TOKENIZER_FILE
 from keras_llm.errors import UserError
-
-TOKENIZER_FILE = "tokenizer.json"
 
 
 @dataclasses.dataclass
@@ -150,19 +150,25 @@ def load_run(config):
     }
 
 
-def compile_for_training(model, config, steps=None):
-    """AdamW with warm-up and cosine decay, next-token loss."""
+def training_optimizer(config):
+    """AdamW over `config.steps`: 10% warm-up, cosine decay, no decay."""
     from keras_llm.optimizers import for_pretraining
-    from keras_llm.pretraining import compile_for_clm
 
-    total = steps or config.steps
-    optimizer = for_pretraining(
-        total_steps=total,
+    return for_pretraining(
+        total_steps=config.steps,
         learning_rate=config.learning_rate,
-        warmup_steps=max(1, total // 10),
+        warmup_steps=max(1, config.steps // 10),
         weight_decay=0.0,
     )
-    return compile_for_clm(model, optimizer, config.jit_compile)
+
+
+def compile_for_training(model, config):
+    """`training_optimizer` and the next-token loss."""
+    from keras_llm.pretraining import compile_for_clm
+
+    return compile_for_clm(
+        model, training_optimizer(config), config.jit_compile
+    )
 
 
 def validation_loss(model, validation):
@@ -191,7 +197,7 @@ def measure(model, validation, path, name):
     return {
         "model": name,
         "parameters": int(model.count_params()),
-        "weight_bytes": int(sum(v.numpy().nbytes for v in model.weights)),
+        "weight_bytes": weight_bytes(model),
         "bytes": size,
         "gzip_bytes": gzipped,
         "validation_loss": validation_loss(model, validation),
@@ -267,12 +273,21 @@ def finish(config, run, rows, technique, extra, started):
     return result
 
 
-def _prepare_out(config):
-    os.makedirs(config.out, exist_ok=True)
+def _start(config, name):
+    """Seeds, loads the run and measures the model as it comes (row `name`,
+    its file removed again): `(run, row, start time)`."""
+    started = time.time()
     if os.path.abspath(config.out) == os.path.dirname(
         os.path.abspath(config.model)
     ):
         raise UserError("--out must differ from the model's folder")
+    os.makedirs(config.out, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    run = load_run(config)
+    path = os.path.join(config.out, "before.keras")
+    row = measure(run["model"], run["validation"], path, name)
+    os.remove(row.pop("path"))
+    return run, row, started
 
 
 @dataclasses.dataclass
@@ -350,15 +365,8 @@ def prune_run(config=None, **options):
         raise UserError(f"--sparsity must be in [0, 1), got {config.sparsity}")
     if not 0 < config.prune_fraction <= 1:
         raise UserError("--prune-fraction must be in (0, 1]")
-    started = time.time()
-    _prepare_out(config)
-    keras.utils.set_random_seed(config.seed)
-    run = load_run(config)
+    run, before, started = _start(config, "original")
     model = run["model"]
-    before = measure(
-        model, run["validation"], os.path.join(config.out, "before.keras"),
-        "original",
-    )  # fmt: skip
     schedule = pruning._tfmot_sparsity().PolynomialDecay(
         initial_sparsity=0.0,
         final_sparsity=config.sparsity,
@@ -377,7 +385,6 @@ def prune_run(config=None, **options):
         f"pruned {config.sparsity:.0%}",
     )  # fmt: skip
     report = pruning.sparsity_report(plain)
-    os.remove(before["path"])
     return finish(
         config, run, [before, after], "prune", {"sparsity": report}, started
     )
@@ -394,15 +401,8 @@ def quantize_run(config=None, **options):
         raise UserError(
             f"--mode must be int8, int4 or qat, got {config.mode!r}"
         )
-    started = time.time()
-    _prepare_out(config)
-    keras.utils.set_random_seed(config.seed)
-    run = load_run(config)
+    run, before, started = _start(config, "float32")
     model = run["model"]
-    before = measure(
-        model, run["validation"], os.path.join(config.out, "before.keras"),
-        "float32",
-    )  # fmt: skip
     if config.mode == "qat":
         aware = quantization.quantize_aware(
             model, input_quantization="dynamic", initial_range=None
@@ -418,7 +418,6 @@ def quantize_run(config=None, **options):
         quantized, run["validation"], os.path.join(config.out, "model.keras"),
         name,
     )  # fmt: skip
-    os.remove(before["path"])
     extra = {
         "weight_bytes_ratio": after["weight_bytes"] / before["weight_bytes"]
     }
@@ -430,20 +429,12 @@ def distill_run(config=None, **options):
     writes the student; see `keras_llm.compression.distillation`."""
     from keras_llm.compression.distillation import Distiller
     from keras_llm.models import GPT
-    from keras_llm.optimizers import for_pretraining
 
     config = config or DistillConfig(**options)
     if config.temperature <= 0 or not 0 <= config.alpha <= 1:
         raise UserError("--temperature must be > 0 and --alpha in [0, 1]")
-    started = time.time()
-    _prepare_out(config)
-    keras.utils.set_random_seed(config.seed)
-    run = load_run(config)
+    run, teacher_row, started = _start(config, "teacher")
     teacher = run["model"]
-    teacher_row = measure(
-        teacher, run["validation"], os.path.join(config.out, "teacher.keras"),
-        "teacher",
-    )  # fmt: skip
     overrides = {
         "vocabulary_size": teacher.vocabulary_size,
         "max_sequence_length": teacher.max_sequence_length,
@@ -462,20 +453,12 @@ def distill_run(config=None, **options):
         teacher, student, task="clm", temperature=config.temperature,
         alpha=config.alpha,
     )  # fmt: skip
-    distiller.compile(
-        optimizer=for_pretraining(
-            total_steps=config.steps,
-            learning_rate=config.learning_rate,
-            warmup_steps=max(1, config.steps // 10),
-            weight_decay=0.0,
-        )
-    )
+    distiller.compile(optimizer=training_optimizer(config))
     _fit(distiller, run, config)
     student_row = measure(
         distiller.student, run["validation"],
         os.path.join(config.out, "model.keras"), "student (distilled)",
     )  # fmt: skip
-    os.remove(teacher_row["path"])
     extra = {
         "parameter_ratio": student_row["parameters"] / teacher_row["parameters"]
     }
