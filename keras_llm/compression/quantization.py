@@ -29,12 +29,14 @@ from another quantized layer tracked by their running min/max (tfmot's
 `quantize_aware` swaps each `Dense`/`EinsumDense` of a copy of the model for
 its quantize-aware subclass in place, so it reaches the layers nested in
 subclassed layers (e.g. the attention and feed-forward of a `GPT` block)
-as well as those of a Functional or Sequential model. A Functional or
-Sequential QAT model saves and loads as `.keras`; a subclassed one (GPT)
-whose quantized layers are built by their parents reloads from `.keras` as
-the float model (its parents rebuild plain `Dense` layers): reload it with
-`quantize_aware(keras.models.load_model(path))` and
-`load_weights(...weights.h5)` of `save_weights`.
+as well as those of a Functional or Sequential model. Both kinds save and
+load as `.keras`, QAT and converted: a Functional or Sequential model
+through its layers' configs, and keras_llm's subclassed models (`GPT`,
+`BERT`, `EncoderDecoder`), whose parents rebuild plain `Dense` layers,
+through a per-path `"sublayers"` entry of their config
+(`keras_llm.models.dtypes`) that makes the rebuilt layers quantize-aware
+again, or gives them back their folded output ranges, before the weights
+load.
 """
 
 import os
@@ -357,6 +359,34 @@ class _QuantizeAwareMixin:
         if self.activation is not None:
             x = self.activation(x)
         return self.output_quantizer(x, training=training)
+
+    @classmethod
+    def quantize_in_place(cls, layer, **settings):
+        """Makes a built float layer of `cls._FLOAT_CLASS` this class, in
+        place, keeping its weights; `settings` are `_quantization_config`'s
+        keys. Used by `quantize_aware` and when a model whose config lists
+        quantize-aware sublayers is rebuilt (`keras_llm.models.dtypes`)."""
+        if type(layer) is not cls._FLOAT_CLASS:
+            raise ValueError(
+                f"Layer '{layer.name}' is a {type(layer).__name__}; "
+                f"{cls.__name__} replaces a {cls._FLOAT_CLASS.__name__}."
+            )
+        layer.__class__ = cls
+        layer._tracker.unlock()
+        try:
+            layer._setup_quantization(
+                settings["weight_bits"],
+                settings["activation_bits"],
+                settings["per_channel"],
+                settings["ema_decay"],
+                settings["initial_range"],
+                settings["quantize_inputs"],
+                settings.get("input_quantization", "static"),
+            )
+            layer._build_quantizers()
+        finally:
+            layer._tracker.lock()
+        return layer
 
     def _quantization_config(self):
         return {
@@ -730,21 +760,16 @@ def quantize_aware(
         if type(layer) in _QAT_CLASSES
     ]
     for layer, quantize_inputs in targets:
-        layer.__class__ = _QAT_CLASSES[type(layer)]
-        layer._tracker.unlock()
-        try:
-            layer._setup_quantization(
-                weight_bits,
-                activation_bits,
-                per_channel,
-                ema_decay,
-                initial_range,
-                quantize_inputs,
-                input_quantization,
-            )
-            layer._build_quantizers()
-        finally:
-            layer._tracker.lock()
+        _QAT_CLASSES[type(layer)].quantize_in_place(
+            layer,
+            weight_bits=weight_bits,
+            activation_bits=activation_bits,
+            per_channel=per_channel,
+            ema_decay=ema_decay,
+            initial_range=initial_range,
+            quantize_inputs=quantize_inputs,
+            input_quantization=input_quantization,
+        )
     return copy
 
 

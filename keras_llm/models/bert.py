@@ -18,8 +18,9 @@ from keras_llm.checks import check_positive_int
 from keras_llm.checks import check_rate
 from keras_llm.layers.heads.next_sentence_head import NextSentenceHead
 from keras_llm.layers.transformer_block import TransformerBlock
-from keras_llm.models.dtypes import deserialize_dtype
+from keras_llm.models.dtypes import from_model_config
 from keras_llm.models.dtypes import serialize_dtype
+from keras_llm.models.dtypes import serialize_sublayers
 
 BERT_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 PRETRAINER_INPUTS = BERT_INPUTS + ("mask_positions",)
@@ -348,11 +349,12 @@ class BERT(keras.Model):
             "use_bias": self.use_bias,
             "remat": self.remat,
             "dtype": serialize_dtype(self, self._layers_dtype),
+            **serialize_sublayers(self),
         }
 
     @classmethod
     def from_config(cls, config):
-        return cls(**deserialize_dtype(config))
+        return from_model_config(cls, config)
 
 
 @keras.saving.register_keras_serializable(package="keras_llm")

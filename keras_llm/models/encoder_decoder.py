@@ -17,8 +17,9 @@ from keras import ops
 from keras_llm.checks import check_positive_int
 from keras_llm.checks import check_rate
 from keras_llm.layers.transformer_block import TransformerBlock
-from keras_llm.models.dtypes import deserialize_dtype
+from keras_llm.models.dtypes import from_model_config
 from keras_llm.models.dtypes import serialize_dtype
+from keras_llm.models.dtypes import serialize_sublayers
 
 _INPUT_NAMES = (
     "encoder_token_ids",
@@ -784,8 +785,9 @@ class EncoderDecoder(keras.Model):
             "pad_token_id": self.pad_token_id,
             "remat": self.remat,
             "dtype": serialize_dtype(self, self._layers_dtype),
+            **serialize_sublayers(self),
         }
 
     @classmethod
     def from_config(cls, config):
-        return cls(**deserialize_dtype(config))
+        return from_model_config(cls, config)

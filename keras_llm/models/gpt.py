@@ -18,8 +18,9 @@ from keras_llm.checks import check_rate
 from keras_llm.layers.attention import get_attention
 from keras_llm.layers.attention.convert import transfer_attention_weights
 from keras_llm.layers.transformer_block import TransformerBlock
-from keras_llm.models.dtypes import deserialize_dtype
+from keras_llm.models.dtypes import from_model_config
 from keras_llm.models.dtypes import serialize_dtype
+from keras_llm.models.dtypes import serialize_sublayers
 
 _MODEL_ARGUMENTS = ("name", "trainable")
 
@@ -505,11 +506,12 @@ class GPT(keras.Model):
             "rotary_max_wavelength": self.rotary_max_wavelength,
             "remat": self.remat,
             "dtype": serialize_dtype(self, self._layers_dtype),
+            **serialize_sublayers(self),
         }
 
     @classmethod
     def from_config(cls, config):
-        return cls(**deserialize_dtype(config))
+        return from_model_config(cls, config)
 
     def with_attention(self, attention, **attention_kwargs):
         """The same model with another attention in every block, same weights.
