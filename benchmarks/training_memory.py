@@ -29,8 +29,10 @@ already copied the step's logs to Python, so the step has finished) it
 takes a wall-clock and a process CPU-time stamp. After `--warmup-updates`
 full updates (the first micro-batch traces the step and builds the
 optimizer), it records the memory held
-(`tf.config.experimental.get_memory_info("CPU:0")["current"]`: weights,
-optimizer slots, input buffers) and calls `reset_memory_stats("CPU:0")`;
+(`tf.config.experimental.get_memory_info(device)["current"]`: weights,
+optimizer slots, input buffers; `device` is `--memory-device`, by default
+`GPU:0` when there is a GPU, else `CPU:0`) and calls
+`reset_memory_stats(device)`;
 after `--updates` more full updates (k micro-batches each) it reads
 `["peak"]`. The peak is therefore that of a window of complete updates,
 accumulate-only and update micro-batches included, and counts everything
@@ -167,6 +169,13 @@ def parse_args(argv=None):
         default=5,
         help="measured steps per setting (default: %(default)s)",
     )
+    parser.add_argument(
+        "--memory-device",
+        default="auto",
+        help="TensorFlow device whose allocator is measured: auto (GPU:0 "
+        "when TensorFlow sees a GPU, else CPU:0), CPU:0, GPU:0, ... "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--timeout", type=int, default=900)
     parser.add_argument(
         "--out", default=DEFAULT_OUT, help="results JSON (default: %(default)s)"
@@ -254,6 +263,11 @@ def measure(spec):
         .repeat()
     )
     record = {}
+    memory_device = spec.get("memory_device", "auto")
+    if memory_device == "auto":
+        gpus = tf.config.list_logical_devices("GPU")
+        memory_device = "GPU:0" if gpus else "CPU:0"
+    record["memory_device"] = memory_device
 
     class Probe(keras.callbacks.Callback):
         def on_train_batch_end(self, step, logs=None):
@@ -261,9 +275,9 @@ def measure(spec):
             now, cpu = time.perf_counter(), time.process_time()
             if step == warmup - 1:
                 gc.collect()
-                info = tf.config.experimental.get_memory_info("CPU:0")
+                info = tf.config.experimental.get_memory_info(memory_device)
                 record["held_bytes"] = int(info["current"])
-                tf.config.experimental.reset_memory_stats("CPU:0")
+                tf.config.experimental.reset_memory_stats(memory_device)
                 record["intervals"], record["cpu_intervals"] = [], []
                 record["last"] = time.perf_counter(), time.process_time()
             elif step >= warmup:
@@ -271,7 +285,7 @@ def measure(spec):
                 record["cpu_intervals"].append(cpu - record["last"][1])
                 record["last"] = now, cpu
                 if step == warmup + window - 1:
-                    info = tf.config.experimental.get_memory_info("CPU:0")
+                    info = tf.config.experimental.get_memory_info(memory_device)
                     record["peak_bytes"] = int(info["peak"])
                     record["loss"] = float(logs["loss"])
 
@@ -299,6 +313,7 @@ def measure(spec):
         "intervals": intervals,
         "cpu_intervals": cpu_intervals,
         "loss": record["loss"],
+        "memory_device": record["memory_device"],
         "load_average": os.getloadavg()[0],
     }
 
@@ -333,6 +348,7 @@ def run_child(args, spec):
 
 def model_spec(args, table):
     spec = {
+        "memory_device": args.memory_device,
         "hidden_dim": args.hidden_dim,
         "num_heads": args.num_heads,
         "vocabulary_size": args.vocabulary_size,
