@@ -144,7 +144,11 @@ class GradientAccumulation(keras.optimizers.Optimizer):
             ):
                 accumulator = keras.Variable(**kwargs)
         else:
-            accumulator = keras.Variable(**kwargs)
+            # Under keras.distribution (JAX) the accumulator is sharded like
+            # its weight instead of held whole on every device.
+            accumulator = keras.Variable(
+                layout=getattr(variable, "_layout", None), **kwargs
+            )
         self._track_variable(accumulator)
         return accumulator
 
