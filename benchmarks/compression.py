@@ -68,6 +68,13 @@ minutes): float model val loss 1.7686.
   with hidden-state transfer 18.9%: MISS. A later check with alpha=0.1
   (`--distill-variants logits --alpha 0.1`, chosen after seeing the 0.5
   result on the same validation split) closes 40.0% (41.1%, 38.8%).
+- Reload: every saved model loads back with identical logits
+  (results/compression_reload_cpu.json, `--techniques int8,int4,qat`, same
+  figures as the full run). The full run's JSON predates two fixes and
+  shows the int4 model 0.04 and the converted QAT model 0.69 away after
+  loading: Keras rebuilt the tied int4 embedding with an input quantizer
+  the in-memory layer lacks, and the QAT output ranges of nested layers
+  were not in the config.
 
 Run from the repository root:
 
