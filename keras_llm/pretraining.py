@@ -3,7 +3,10 @@
 `keras-llm pretrain` is a thin layer over `pretrain()`; both write the same
 output folder: `model.keras`, `tokenizer.json`, `loss_curve.png`, `logs/`
 (TensorBoard) and `manifest.json` (inputs, options, counts, versions,
-results).
+results, resumes). With `checkpoint_every` (`--checkpoint-every N`) it also
+keeps step-exact checkpoints in `checkpoints/`
+(`keras_llm.callbacks.StepCheckpoint`); run again with the same `--out`
+and options, an interrupted run resumes from the newest intact one.
 """
 
 import dataclasses
@@ -16,6 +19,8 @@ import keras
 
 from keras_llm.callbacks.loss_curve import LossCurve
 from keras_llm.callbacks.sample_generator import SampleGenerator
+from keras_llm.callbacks.step_checkpoint import StepCheckpoint
+from keras_llm.callbacks.terminate_on_nan import TerminateOnNaN
 from keras_llm.callbacks.throughput_meter import ThroughputMeter
 from keras_llm.data.corpus import EMBEDDED_CORPUS_NAME
 from keras_llm.data.corpus import CorpusError
@@ -79,6 +84,10 @@ class PretrainConfig:
         sample_length: length of the samples, prompt included.
         model_overrides: GPT arguments that replace the preset's.
         verbose: Keras `fit` verbosity ("auto", 0, 1, 2).
+        checkpoint_every: updates between step-exact checkpoints in
+            OUT/checkpoints (0: none); a run whose --out holds checkpoints
+            resumes from the newest intact one.
+        keep_checkpoints: checkpoints kept in OUT/checkpoints.
     """
 
     corpus: list = dataclasses.field(default_factory=list)
@@ -113,6 +122,8 @@ class PretrainConfig:
     sample_length: int = 200
     model_overrides: dict = dataclasses.field(default_factory=dict)
     verbose: object = "auto"
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 3
 
     def validate(self):
         """Raises `ValueError` naming the first bad option."""
@@ -124,6 +135,7 @@ class PretrainConfig:
             "eval_interval",
             "vocabulary_size",
             "sample_length",
+            "keep_checkpoints",
         ):
             value = getattr(self, name)
             if (
@@ -135,7 +147,12 @@ class PretrainConfig:
                     f"--{name.replace('_', '-')} must be a positive integer, "
                     f"got {value!r}"
                 )
-        for name in ("eval_steps", "warmup_steps", "sample_every"):
+        for name in (
+            "eval_steps",
+            "warmup_steps",
+            "sample_every",
+            "checkpoint_every",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise UserError(
@@ -424,6 +441,73 @@ def data_manifest(data):
     }
 
 
+# Options a resumed run must share with the run that saved the checkpoints:
+# they fix the model, the data stream and the micro-step bookkeeping.
+_RESUME_OPTIONS = (
+    "data",
+    "corpus",
+    "preset",
+    "tokenizer",
+    "vocabulary_size",
+    "sequence_length",
+    "batch_size",
+    "accumulate",
+    "eval_interval",
+    "stride",
+    "seed",
+    "dropout",
+    "validation_fraction",
+    "model_overrides",
+)
+
+
+def _resume_or_start(config, paths, train_ds, console):
+    """The `StepCheckpoint` of a run (or `None`) and its training data,
+    advanced past the batches of the checkpoint it resumes from."""
+    folder = paths["checkpoints"]
+    options_path = os.path.join(folder, "options.json")
+    options = {
+        k: v
+        for k, v in dataclasses.asdict(config).items()
+        if k in _RESUME_OPTIONS
+    }
+    options = json.loads(json.dumps(options, default=str))
+    checkpoint = StepCheckpoint(
+        folder,
+        # A fit step is one micro-batch; with checkpoints off, a run that
+        # resumed still saves once at its end.
+        every_n_steps=(config.checkpoint_every or config.steps)
+        * config.accumulate,
+        keep=config.keep_checkpoints,
+        verbose=0,
+    )
+    start = checkpoint.initial_step()
+    if not start and not config.checkpoint_every:
+        return None, train_ds
+    if start and os.path.isfile(options_path):
+        with open(options_path, encoding="utf-8") as f:
+            saved = json.load(f)
+        for key, value in options.items():
+            if key in saved and saved[key] != value:
+                raise UserError(
+                    f"--out {config.out} holds checkpoints of a run with "
+                    f"{key}={saved[key]!r}, not {value!r}: resume with the "
+                    "same options, or use another --out"
+                )
+    os.makedirs(folder, exist_ok=True)
+    with open(options_path, "w", encoding="utf-8") as f:
+        json.dump(options, f, indent=2)
+    if start:
+        update = start // config.accumulate
+        console.print(
+            f"resuming from {checkpoint.resume_path}: update {update} of "
+            f"{config.steps} (micro-batch {start})",
+            markup=False,
+        )
+        train_ds = train_ds.skip(start)
+    return checkpoint, train_ds
+
+
 def _pretrain(config, strategy, started):
     from rich.console import Console
     from rich.table import Table
@@ -488,7 +572,9 @@ def _pretrain(config, strategy, started):
         "loss_curve": os.path.join(out, "loss_curve.png"),
         "tensorboard": os.path.join(out, "logs"),
         "manifest": os.path.join(out, "manifest.json"),
+        "checkpoints": os.path.join(out, "checkpoints"),
     }
+    checkpoint, train_ds = _resume_or_start(config, paths, train_ds, console)
     save_tokenizer(tokenizer, paths["tokenizer"])
     console.print(
         f"[bold]keras-llm pretrain[/bold]: {model.num_parameters():,}-parameter "
@@ -511,6 +597,11 @@ def _pretrain(config, strategy, started):
         tokens_per_step=config.batch_size * t, sequence_length=t
     )
     callbacks = [
+        *([checkpoint] if checkpoint else []),
+        TerminateOnNaN(
+            checkpoint,
+            print_fn=lambda text: console.print(text, markup=False),
+        ),
         meter,
         LossCurve(
             paths["loss_curve"], title=f"GPT {config.preset} pretraining"
@@ -553,11 +644,14 @@ def _pretrain(config, strategy, started):
         seed=config.seed,
     )
     h = history.history
+    if not h and checkpoint is not None and checkpoint.restored:
+        # Resumed from the final checkpoint: nothing left to train.
+        h = {k: [v] for k, v in checkpoint.restored.get("logs", {}).items()}
     results = {
         "steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
         "micro_batches": epochs * config.eval_interval * config.accumulate,
         "replicas": replicas,
-        "final_loss": float(h["loss"][-1]),
+        "final_loss": float(h["loss"][-1]) if "loss" in h else None,
         "final_val_loss": float(h["val_loss"][-1]) if "val_loss" in h else None,
         "final_val_perplexity": float(h["val_perplexity"][-1])
         if "val_perplexity" in h
@@ -574,7 +668,17 @@ def _pretrain(config, strategy, started):
         "versions": versions(),
         "results": results,
         "outputs": {k: os.path.basename(v) for k, v in paths.items()},
+        "resumes": [
+            {
+                "checkpoint": os.path.basename(r["checkpoint"]),
+                "update": r["optimizer_iterations"],
+                "micro_batches": r["batches"],
+            }
+            for r in (checkpoint.resumes if checkpoint else [])
+        ],
     }
+    if not checkpoint:
+        del manifest["outputs"]["checkpoints"]
     with open(paths["manifest"], "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2, default=str)
 
@@ -582,7 +686,13 @@ def _pretrain(config, strategy, started):
     table.add_column("what")
     table.add_column("value")
     table.add_row("updates", str(results["steps"]))
-    table.add_row("train loss", f"{results['final_loss']:.4f}")
+    if results["final_loss"] is not None:
+        table.add_row("train loss", f"{results['final_loss']:.4f}")
+    if manifest["resumes"]:
+        table.add_row(
+            "resumed at update",
+            ", ".join(str(r["update"]) for r in manifest["resumes"]),
+        )
     if results["final_val_loss"] is not None:
         table.add_row("validation loss", f"{results['final_val_loss']:.4f}")
         table.add_row(

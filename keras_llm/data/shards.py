@@ -307,6 +307,7 @@ def shard_dataset(
     repeat=False,
     drop_remainder=True,
     split="train",
+    input_context=None,
 ):
     """A `tf.data.Dataset` of `(inputs, next_token_targets)` from shards.
 
@@ -316,6 +317,23 @@ def shard_dataset(
     stream. Window indices are shuffled and batched in `tf.data`, then each
     batch is read from the memory-mapped shards, so memory holds the
     indices and one batch, not the corpus.
+
+    Under a strategy with several workers (`input_context` from
+    `tf.distribute.Strategy.distribute_datasets_from_function`, see
+    `distributed_shard_dataset`), each input pipeline reads its own part:
+    by FILE when there are at least as many shard files as pipelines
+    (pipeline `k` takes the windows that start in files `k, k + n, ...`;
+    the last window of a file may read the first ids of the next), else
+    by DATA (pipeline `k` takes windows `k, k + n, ...`). Either way the
+    pipelines' windows are disjoint and together are the windows of the
+    unsharded stream. Without `input_context` the dataset carries
+    `AutoShardPolicy.DATA`, the sharding tf.data applies when a strategy
+    distributes it (`model.fit` does): every worker reads the whole stream
+    and keeps its slice of each batch. With `drop_remainder=True` the
+    shapes are fully static, as XLA and TPUs need. By file, pipelines may
+    get different numbers of windows: under a multi-worker strategy use
+    `repeat=True` with `fit(..., steps_per_epoch=...)` so that every worker
+    runs the same number of steps.
 
     Args:
         folder: a shard folder, or a `prepare` output folder (then its
@@ -329,6 +347,11 @@ def shard_dataset(
             static. Defaults to `True`.
         split: `"train"` or `"validation"` for a `prepare` output folder.
             Defaults to `"train"`.
+        input_context: a `tf.distribute.InputContext` or `None`. When
+            given, `batch_size` is the global batch size, the dataset holds
+            this pipeline's share of the windows and is batched per
+            replica (`input_context.get_per_replica_batch_size`).
+            Defaults to `None`.
 
     Returns:
         A dataset of `(int32 (B, T), int32 (B, T))` pairs.
@@ -384,6 +407,15 @@ def shard_dataset(
             shard += 1
         return out
 
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+        pipelines = input_context.num_input_pipelines
+        pipeline = input_context.input_pipeline_id
+    else:
+        pipelines, pipeline = 1, 0
+    windows = _pipeline_windows(starts, count, sequence_length, pipelines,
+                                pipeline)  # fmt: skip
+
     def fetch(indices):
         chunks = np.stack([read(int(i) * sequence_length) for i in indices])
         return chunks[:, :-1], chunks[:, 1:]
@@ -397,7 +429,10 @@ def shard_dataset(
         targets.set_shape((rows, sequence_length))
         return inputs, targets
 
-    ds = tf.data.Dataset.range(count)
+    if windows is None:
+        ds = tf.data.Dataset.range(count)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(windows)
     if shuffle:
         ds = ds.shuffle(
             min(count, 1 << 22), seed=seed, reshuffle_each_iteration=True
@@ -406,4 +441,91 @@ def shard_dataset(
         ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(to_batch, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+        if input_context is None
+        else tf.data.experimental.AutoShardPolicy.OFF  # sharded above
+    )
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _pipeline_windows(starts, count, sequence_length, pipelines, pipeline):
+    """The window indices of one input pipeline (`None`: all of them).
+
+    By file when there are at least as many files as pipelines, else by
+    data (every `pipelines`-th window).
+    """
+    if pipelines <= 1:
+        return None
+    windows = np.arange(count, dtype=np.int64)
+    files = len(starts) - 1
+    if files < pipelines:
+        return windows[pipeline::pipelines]
+    first_file = np.searchsorted(starts, windows * sequence_length, "right")
+    return windows[(first_file - 1) % pipelines == pipeline]
+
+
+def distributed_shard_dataset(strategy, folder, sequence_length, batch_size,
+                              **kwargs):  # fmt: skip
+    """`shard_dataset` split between the workers of a strategy.
+
+    Each worker builds only its own input pipeline
+    (`strategy.distribute_datasets_from_function`): by shard file when
+    there are at least as many files as workers, else by data (see
+    `shard_dataset`). Pass the result to `model.fit` as it is.
+
+    Args:
+        strategy: a `tf.distribute.Strategy`.
+        folder: a shard folder or a `prepare` output folder.
+        sequence_length: int. Tokens per example.
+        batch_size: int. The global batch size (all replicas together);
+            divisible by `strategy.num_replicas_in_sync`.
+        **kwargs: other `shard_dataset` arguments (`shuffle`, `seed`,
+            `repeat`, `drop_remainder`, `split`).
+
+    Returns:
+        A `tf.distribute.DistributedDataset` of per-replica
+        `(int32 (B / replicas, T), int32 (B / replicas, T))` pairs.
+
+    Raises:
+        ValueError: if `batch_size` is not divisible by the replica count,
+            or as `shard_dataset` does.
+
+    Example:
+
+    ```python
+    import tempfile
+
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_llm.data.shards import ShardWriter
+    from keras_llm.data.shards import distributed_shard_dataset
+
+    folder = tempfile.mkdtemp()
+    with ShardWriter(folder, tokens_per_shard=100, separator_id=0) as w:
+        for n in range(20):
+            w.add(np.arange(1, 30) + n)
+    strategy = tf.distribute.get_strategy()
+    ds = distributed_shard_dataset(strategy, folder, 16, batch_size=4)
+    inputs, targets = next(iter(ds))  # int32 (4, 16) each
+    ```
+    """
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise ValueError(
+            f"batch_size {batch_size} is not divisible by the "
+            f"{replicas} replicas of the strategy"
+        )
+
+    def dataset_fn(input_context):
+        return shard_dataset(
+            folder,
+            sequence_length,
+            batch_size,
+            input_context=input_context,
+            **kwargs,
+        )
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
