@@ -13,7 +13,9 @@ import keras_llm.data.dedup
 import keras_llm.data.digits
 import keras_llm.data.extract
 import keras_llm.data.prepare
+import keras_llm.data.shards
 import keras_llm.finetuning
+import keras_llm.multi_worker_fix
 import keras_llm.tuning
 
 PUBLIC = [
@@ -84,6 +86,13 @@ PUBLIC = [
     keras_llm.optimizers.LinearDecayWithWarmup,
     keras_llm.optimizers.for_pretraining,
     keras_llm.distribute.get_strategy,
+    keras_llm.distribute.check_tf_config,
+    keras_llm.multi_worker_fix.check_keras_internals,
+    keras_llm.data.shards.distributed_shard_dataset,
+    keras_llm.callbacks.StepCheckpoint,
+    keras_llm.callbacks.CheckpointManager,
+    keras_llm.callbacks.TerminateOnNaN,
+    keras_llm.models.GPT.get_layout_map,
     keras_llm.tuning.GPTHyperModel,
     keras_llm.tuning.tune,
     keras_llm.tuning.BertHyperModel,
