@@ -34,6 +34,42 @@ class _EndOfResumedEpoch:
 _END_OF_RESUMED_EPOCH = _EndOfResumedEpoch()
 
 
+def _multi_worker_strategy(model):
+    """The model's strategy when it spans several workers, else `None`."""
+    strategy = getattr(model, "distribute_strategy", None)
+    extended = getattr(strategy, "extended", None)
+    in_multi_worker = getattr(extended, "_in_multi_worker_mode", None)
+    return strategy if in_multi_worker and in_multi_worker() else None
+
+
+def _check_workers_agree(model, step):
+    """Under a multi-worker strategy, raises `ValueError` on every worker
+    when they did not all choose the checkpoint of step `step` (-1: none).
+
+    A worker that resumed alone would train on other batches with other
+    weights (the strategy never re-syncs mirrored variables) and then wait
+    forever in a collective; one all-gather here makes that one clear
+    error on all of them instead.
+    """
+    strategy = _multi_worker_strategy(model)
+    if strategy is None:
+        return
+    import tensorflow as tf
+
+    local = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant([float(step)], tf.float64)
+    )
+    steps = sorted({int(s) for s in strategy.gather(local, axis=0).numpy()})
+    if len(steps) > 1:
+        found = ", ".join("none" if s < 0 else str(s) for s in steps)
+        raise ValueError(
+            "StepCheckpoint: the workers would resume from different "
+            f"checkpoints (steps {found}); give every worker the same "
+            "checkpoint directory, one folder they all see (only the chief "
+            "writes to it)"
+        )
+
+
 def _finite_logs(logs):
     loss = (logs or {}).get("loss")
     try:
@@ -83,7 +119,9 @@ class StepCheckpoint(keras.callbacks.Callback):
     writes; per-replica variables are saved as their cross-replica
     aggregate and restored to every replica, so a resume in the middle of
     an accumulation is exact up to float rounding there; `directory` must
-    be one folder that all workers see. `initial_step()` and
+    be one folder that all workers see (`fit` checks with one collective
+    that all workers resume from the same checkpoint and raises
+    `ValueError` on all of them if not). `initial_step()` and
     `resume_path` (set by it) say where the next `fit` resumes.
 
     Args:
@@ -236,6 +274,9 @@ class StepCheckpoint(keras.callbacks.Callback):
         self._resume_epoch = None
         path, manifest = self._choose()
         self._chosen = None  # a later fit looks again
+        _check_workers_agree(
+            self.model, -1 if path is None else int(manifest["step"])
+        )
         if path is None:
             return
         steps = self.params.get("steps")
