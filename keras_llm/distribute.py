@@ -31,14 +31,17 @@ Names and how to launch each (the same names go to `--strategy` of
   ```
   export CLUSTER='"cluster": {"worker": ["127.0.0.1:20001", "127.0.0.1:20002"]}'
   TF_CONFIG="{$CLUSTER, \"task\": {\"type\": \"worker\", \"index\": 0}}" \
-      keras-llm pretrain --data shards/ --out run/ --strategy multi_worker &
+      keras-llm pretrain --data shards/ --out run/ --strategy multi_worker \
+      --checkpoint-every 100 --checkpoint-dir /shared/ckpt &
   TF_CONFIG="{$CLUSTER, \"task\": {\"type\": \"worker\", \"index\": 1}}" \
-      keras-llm pretrain --data shards/ --out run1/ --strategy multi_worker
+      keras-llm pretrain --data shards/ --out run1/ --strategy multi_worker \
+      --checkpoint-every 100 --checkpoint-dir /shared/ckpt
   ```
 
   The batch size is the global one, split between the workers. Give each
   worker its own `--out` (every worker writes one; worker 0's is the one
-  to keep). `model.fit` needs `keras_llm.multi_worker_fix`, which this
+  to keep) and all of them one `--checkpoint-dir` that every worker sees
+  (only the chief writes checkpoints; all resume from the same one). `model.fit` needs `keras_llm.multi_worker_fix`, which this
   name applies.
 - `"tpu"` or `"tpu:ADDRESS"`: TPUStrategy through
   `tf.distribute.cluster_resolver.TPUClusterResolver`. `"tpu"` finds the

@@ -17,6 +17,7 @@ import time
 
 import keras
 
+from keras_llm.callbacks.checkpoint_manager import is_chief
 from keras_llm.callbacks.loss_curve import LossCurve
 from keras_llm.callbacks.sample_generator import SampleGenerator
 from keras_llm.callbacks.step_checkpoint import StepCheckpoint
@@ -88,6 +89,11 @@ class PretrainConfig:
             OUT/checkpoints (0: none); a run whose --out holds checkpoints
             resumes from the newest intact one.
         keep_checkpoints: checkpoints kept in OUT/checkpoints.
+        checkpoint_dir: folder of the checkpoints instead of
+            OUT/checkpoints. Under `--strategy multi_worker` give every
+            worker the same folder, one all of them see (each worker has
+            its own --out; only the chief writes checkpoints, and all
+            workers must resume from the same one).
     """
 
     corpus: list = dataclasses.field(default_factory=list)
@@ -124,6 +130,7 @@ class PretrainConfig:
     verbose: object = "auto"
     checkpoint_every: int = 0
     keep_checkpoints: int = 3
+    checkpoint_dir: str = None
 
     def validate(self):
         """Raises `ValueError` naming the first bad option."""
@@ -490,13 +497,14 @@ def _resume_or_start(config, paths, train_ds, console):
         for key, value in options.items():
             if key in saved and saved[key] != value:
                 raise UserError(
-                    f"--out {config.out} holds checkpoints of a run with "
+                    f"{folder} holds checkpoints of a run with "
                     f"{key}={saved[key]!r}, not {value!r}: resume with the "
-                    "same options, or use another --out"
+                    "same options, or use another --out (--checkpoint-dir)"
                 )
-    os.makedirs(folder, exist_ok=True)
-    with open(options_path, "w", encoding="utf-8") as f:
-        json.dump(options, f, indent=2)
+    if is_chief():  # the workers of one run share the folder
+        os.makedirs(folder, exist_ok=True)
+        with open(options_path, "w", encoding="utf-8") as f:
+            json.dump(options, f, indent=2)
     if start:
         update = start // config.accumulate
         console.print(
@@ -572,7 +580,8 @@ def _pretrain(config, strategy, started):
         "loss_curve": os.path.join(out, "loss_curve.png"),
         "tensorboard": os.path.join(out, "logs"),
         "manifest": os.path.join(out, "manifest.json"),
-        "checkpoints": os.path.join(out, "checkpoints"),
+        "checkpoints": config.checkpoint_dir
+        or os.path.join(out, "checkpoints"),
     }
     checkpoint, train_ds = _resume_or_start(config, paths, train_ds, console)
     save_tokenizer(tokenizer, paths["tokenizer"])

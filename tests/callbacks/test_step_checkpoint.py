@@ -422,6 +422,19 @@ def test_pretrain_resumes_from_out_and_matches_uninterrupted(
         pretraining.pretrain(
             out=str(tmp_path / "run"), **{**options, "batch_size": 2}
         )
+    # --checkpoint-dir: another --out resumes from the folder named (how
+    # the workers of a multi-worker run share one).
+    shared = pretraining.pretrain(
+        out=str(tmp_path / "worker1"),
+        checkpoint_dir=str(tmp_path / "run" / "checkpoints"),
+        **options,
+    )
+    assert shared["manifest"]["resumes"][-1]["update"] == 6
+    assert not os.path.exists(tmp_path / "worker1" / "checkpoints")
+    for got, want in zip(
+        shared["model"].get_weights(), full["model"].get_weights()
+    ):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_cli_has_checkpoint_flags():
