@@ -46,9 +46,10 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
+
+import child_process
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO_ROOT, "benchmarks", "results", "{}.json")
@@ -318,27 +319,10 @@ def measure_checkpoint(spec):
 
 def run_child(args, spec):
     """Runs one measurement in a fresh subprocess; returns its dict."""
-    command = [sys.executable, os.path.abspath(__file__)]
-    command += ["--child", json.dumps(spec)]
     env = dict(os.environ)
     if spec.get("device") == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # logical CPUs even beside a GPU
-    try:
-        proc = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            cwd=REPO_ROOT,
-            env=env,
-            timeout=args.timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return {**spec, "error": f"timed out after {args.timeout} s"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {**spec, "error": tail[-300:]}
+    return child_process.run_child(__file__, spec, args.timeout, env)
 
 
 def model_spec(args):

@@ -75,9 +75,10 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
+
+import child_process
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join("benchmarks", "results", "training_memory_cpu.json")
@@ -320,27 +321,7 @@ def measure(spec):
 
 def run_child(args, spec):
     """Runs `measure(spec)` in a fresh subprocess; returns its dict."""
-    command = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--child",
-        json.dumps(spec),
-    ]
-    try:
-        proc = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            cwd=REPO_ROOT,
-            timeout=args.timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return {**spec, "error": f"timed out after {args.timeout} s"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {**spec, "error": tail[-300:]}
+    return child_process.run_child(__file__, spec, args.timeout)
 
 
 # --- The two tables (in the parent process) ---

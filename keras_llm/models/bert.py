@@ -21,6 +21,7 @@ from keras_llm.layers.transformer_block import TransformerBlock
 from keras_llm.models.dtypes import from_model_config
 from keras_llm.models.dtypes import serialize_dtype
 from keras_llm.models.dtypes import serialize_sublayers
+from keras_llm.models.layout import LayoutMapMixin
 
 BERT_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 PRETRAINER_INPUTS = BERT_INPUTS + ("mask_positions",)
@@ -57,7 +58,7 @@ def _with_default_inputs(owner, inputs, names):
 
 
 @keras.saving.register_keras_serializable(package="keras_llm")
-class BERT(keras.Model):
+class BERT(LayoutMapMixin, keras.Model):
     """BERT-style bidirectional Transformer encoder.
 
     Token, learned position and segment embeddings are summed, layer
@@ -327,58 +328,6 @@ class BERT(keras.Model):
         kwargs = get_bert_preset(preset)
         kwargs.update(overrides)
         return cls(**kwargs)
-
-    @classmethod
-    def get_layout_map(
-        cls,
-        device_mesh=None,
-        model_parallel_dim_name="model",
-        data_parallel_dim_name="batch",
-    ):
-        """A `keras.distribution.LayoutMap` for tensor parallelism on JAX.
-
-        Attention and feed-forward kernels and the token embedding are split
-        over the model axis Megatron-style, the rest (pretraining heads
-        included) is replicated; rules in `keras_llm.models.layout`. On the
-        TensorFlow backend Keras 3.15 ignores it (a warning says so).
-
-        Args:
-            device_mesh: a `keras.distribution.DeviceMesh`, or `None` for a
-                `(batch, model)` mesh over all devices with a model axis of
-                2 (1 on an odd device count). Defaults to `None`.
-            model_parallel_dim_name: mesh axis the weights are split on.
-                Defaults to `"model"`.
-            data_parallel_dim_name: mesh axis the batch is split on.
-                Defaults to `"batch"`.
-
-        Returns:
-            A `keras.distribution.LayoutMap`.
-
-        Example:
-
-        ```python
-        import keras
-        import keras_llm
-
-        distribution = keras.distribution.ModelParallel(
-            layout_map=keras_llm.models.BERT.get_layout_map(),
-            batch_dim_name="batch",
-        )
-        with distribution.scope():
-            model = keras_llm.models.BERT(
-                vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=16,
-                max_sequence_length=16,
-            )
-        ```
-        """
-        from keras_llm.models.layout import get_layout_map
-
-        return get_layout_map(
-            device_mesh,
-            model_parallel_dim_name,
-            data_parallel_dim_name,
-            owner=f"{cls.__name__}.get_layout_map",
-        )
 
     def get_config(self):
         return {

@@ -21,6 +21,7 @@ from keras_llm.layers.transformer_block import TransformerBlock
 from keras_llm.models.dtypes import from_model_config
 from keras_llm.models.dtypes import serialize_dtype
 from keras_llm.models.dtypes import serialize_sublayers
+from keras_llm.models.layout import LayoutMapMixin
 
 _MODEL_ARGUMENTS = ("name", "trainable")
 
@@ -62,7 +63,7 @@ def _as_str(text):
 
 
 @keras.saving.register_keras_serializable(package="keras_llm")
-class GPT(keras.Model):
+class GPT(LayoutMapMixin, keras.Model):
     """GPT-style decoder-only language model mapping token ids to logits.
 
     The model takes a `(batch, length)` int tensor of token ids and returns
@@ -292,58 +293,6 @@ class GPT(keras.Model):
         kwargs = get_preset(preset)
         kwargs.update(overrides)
         return cls(**kwargs)
-
-    @classmethod
-    def get_layout_map(
-        cls,
-        device_mesh=None,
-        model_parallel_dim_name="model",
-        data_parallel_dim_name="batch",
-    ):
-        """A `keras.distribution.LayoutMap` for tensor parallelism on JAX.
-
-        Attention and feed-forward kernels and the token embedding are split
-        over the model axis Megatron-style, the rest is replicated (rules in
-        `keras_llm.models.layout`). On the TensorFlow backend Keras 3.15
-        ignores it (a warning says so).
-
-        Args:
-            device_mesh: a `keras.distribution.DeviceMesh`, or `None` for a
-                `(batch, model)` mesh over all devices with a model axis of
-                2 (1 on an odd device count). Defaults to `None`.
-            model_parallel_dim_name: mesh axis the weights are split on.
-                Defaults to `"model"`.
-            data_parallel_dim_name: mesh axis the batch is split on.
-                Defaults to `"batch"`.
-
-        Returns:
-            A `keras.distribution.LayoutMap`.
-
-        Example:
-
-        ```python
-        import keras
-        import keras_llm
-
-        distribution = keras.distribution.ModelParallel(
-            layout_map=keras_llm.models.GPT.get_layout_map(),
-            batch_dim_name="batch",
-        )
-        with distribution.scope():
-            model = keras_llm.models.GPT(
-                vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=16,
-                max_sequence_length=16,
-            )
-        ```
-        """
-        from keras_llm.models.layout import get_layout_map
-
-        return get_layout_map(
-            device_mesh,
-            model_parallel_dim_name,
-            data_parallel_dim_name,
-            owner=f"{cls.__name__}.get_layout_map",
-        )
 
     # --- Incremental decoding ---
 

@@ -184,3 +184,59 @@ def get_layout_map(
             for axis in axes
         )
     return layout_map
+
+
+class LayoutMapMixin:
+    """Gives a keras_llm model class `get_layout_map()`."""
+
+    @classmethod
+    def get_layout_map(
+        cls,
+        device_mesh=None,
+        model_parallel_dim_name="model",
+        data_parallel_dim_name="batch",
+    ):
+        """A `keras.distribution.LayoutMap` for tensor parallelism on JAX.
+
+        Attention and feed-forward kernels and the token embedding are split
+        over the model axis Megatron-style, the rest (norms, biases,
+        position embeddings, pretraining heads) is replicated; the rules are
+        `keras_llm.models.layout.LAYOUT_RULES`, shared by `GPT`, `BERT` and
+        `EncoderDecoder`. On the TensorFlow backend Keras 3.15 ignores it (a
+        warning says so).
+
+        Args:
+            device_mesh: a `keras.distribution.DeviceMesh`, or `None` for a
+                `(batch, model)` mesh over all devices with a model axis of
+                2 (1 on an odd device count). Defaults to `None`.
+            model_parallel_dim_name: mesh axis the weights are split on.
+                Defaults to `"model"`.
+            data_parallel_dim_name: mesh axis the batch is split on.
+                Defaults to `"batch"`.
+
+        Returns:
+            A `keras.distribution.LayoutMap`.
+
+        Example:
+
+        ```python
+        import keras
+        import keras_llm
+
+        distribution = keras.distribution.ModelParallel(
+            layout_map=keras_llm.models.GPT.get_layout_map(),
+            batch_dim_name="batch",
+        )
+        with distribution.scope():
+            model = keras_llm.models.GPT(
+                vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=16,
+                max_sequence_length=16,
+            )
+        ```
+        """
+        return get_layout_map(
+            device_mesh,
+            model_parallel_dim_name,
+            data_parallel_dim_name,
+            owner=f"{cls.__name__}.get_layout_map",
+        )
