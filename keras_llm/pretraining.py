@@ -502,9 +502,12 @@ def _resume_or_start(config, paths, train_ds, console):
                     "same options, or use another --out (--checkpoint-dir)"
                 )
     if is_chief():  # the workers of one run share the folder
+        # Written then renamed: another worker may be reading it.
         os.makedirs(folder, exist_ok=True)
-        with open(options_path, "w", encoding="utf-8") as f:
+        partial = f"{options_path}.{os.getpid()}.tmp"
+        with open(partial, "w", encoding="utf-8") as f:
             json.dump(options, f, indent=2)
+        os.replace(partial, options_path)
     if start:
         update = start // config.accumulate
         console.print(

@@ -56,7 +56,21 @@ def _workers(tmp_path, steps):
         )
         for i in range(2)
     ]
-    return [_finish(p) for p in processes]
+    outputs = []
+    for process in processes:
+        try:
+            output, _ = process.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+        outputs.append((process.returncode, output))
+    # On a failure show every worker: the first one's error is often only
+    # "the other task stopped".
+    assert all(code == 0 for code, _ in outputs), "\n\n".join(
+        f"worker {i} (exit {code}):\n{out[-2500:]}"
+        for i, (code, out) in enumerate(outputs)
+    )
+    return [out for _, out in outputs]
 
 
 def _finish(process):
