@@ -45,3 +45,10 @@ def run_child(script, spec, timeout, env=None):
             return json.loads(line)
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     return {**spec, "error": tail[-300:]}
+
+
+def check_positive(parser, args, names):
+    """`parser.error` for the first of `names` that is not positive."""
+    for name in names:
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")

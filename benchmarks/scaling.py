@@ -98,18 +98,20 @@ def parse_args(argv=None):
     parser.add_argument("--out", default=None, help="results JSON")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in (
-        "per_replica_batch",
-        "num_layers",
-        "hidden_dim",
-        "num_heads",
-        "sequence_length",
-        "vocabulary_size",
-        "steps",
-        "saves",
-    ):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
+    child_process.check_positive(
+        parser,
+        args,
+        (
+            "per_replica_batch",
+            "num_layers",
+            "hidden_dim",
+            "num_heads",
+            "sequence_length",
+            "vocabulary_size",
+            "steps",
+            "saves",
+        ),
+    )
     if min(args.replicas) <= 0:
         parser.error("--replicas must be positive")
     if args.hidden_dim % args.num_heads:

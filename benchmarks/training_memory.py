@@ -183,22 +183,24 @@ def parse_args(argv=None):
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in (
-        "hidden_dim",
-        "num_heads",
-        "vocabulary_size",
-        "num_layers",
-        "sequence_length",
-        "batch_size",
-        "updates",
-        "warmup_updates",
-        "remat_num_layers",
-        "remat_sequence_length",
-        "remat_batch_size",
-        "remat_steps",
-    ):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
+    child_process.check_positive(
+        parser,
+        args,
+        (
+            "hidden_dim",
+            "num_heads",
+            "vocabulary_size",
+            "num_layers",
+            "sequence_length",
+            "batch_size",
+            "updates",
+            "warmup_updates",
+            "remat_num_layers",
+            "remat_sequence_length",
+            "remat_batch_size",
+            "remat_steps",
+        ),
+    )
     if min(args.accumulation_steps) <= 0:
         parser.error("--accumulation-steps must be positive")
     if args.hidden_dim % args.num_heads:

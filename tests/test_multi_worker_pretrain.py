@@ -17,6 +17,7 @@ import pytest
 
 from tests.test_multi_worker import _env
 from tests.test_multi_worker import _free_ports
+from tests.test_multi_worker import _wait
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 300
@@ -56,14 +57,7 @@ def _workers(tmp_path, steps):
         )
         for i in range(2)
     ]
-    outputs = []
-    for process in processes:
-        try:
-            output, _ = process.communicate(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
-        outputs.append((process.returncode, output))
+    outputs = _wait(processes)
     # On a failure show every worker: the first one's error is often only
     # "the other task stopped".
     assert all(code == 0 for code, _ in outputs), "\n\n".join(
