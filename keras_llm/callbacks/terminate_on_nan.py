@@ -11,12 +11,7 @@ import math
 
 import keras
 
-
-def _is_finite(value):
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return True
+from keras_llm.callbacks.step_checkpoint import _finite_logs
 
 
 @keras.saving.register_keras_serializable(package="keras_llm")
@@ -64,9 +59,9 @@ class TerminateOnNaN(keras.callbacks.TerminateOnNaN):
         self.saved = None
 
     def on_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is None or _is_finite(loss):
+        if _finite_logs(logs):
             return
+        loss = logs["loss"]
         path = None
         if self.checkpoint is not None:
             if self.checkpoint.model is not self.model:

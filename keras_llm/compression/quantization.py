@@ -288,6 +288,13 @@ class _QuantizeAwareMixin:
             name="output_quantizer",
         )
 
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_quantizers()
+
+    def get_config(self):
+        return {**super().get_config(), **self._quantization_config()}
+
     def _build_quantizers(self):
         with keras.name_scope(self.name, caller=self):
             for quantizer in (self.input_quantizer, self.output_quantizer):
@@ -453,15 +460,8 @@ class QuantizeAwareDense(_QuantizeAwareMixin, keras.layers.Dense):
             input_quantization,
         )
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_quantizers()
-
     def _product(self, inputs, kernel):
         return ops.matmul(inputs, kernel)
-
-    def get_config(self):
-        return {**super().get_config(), **self._quantization_config()}
 
 
 @keras.saving.register_keras_serializable(package=_QAT_PACKAGE)
@@ -519,10 +519,6 @@ class QuantizeAwareEinsumDense(_QuantizeAwareMixin, keras.layers.EinsumDense):
             input_quantization,
         )
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._build_quantizers()
-
     def _channel_axes(self):
         inputs, output = self.equation.split("->")
         kernel = inputs.split(",")[1].strip()
@@ -535,9 +531,6 @@ class QuantizeAwareEinsumDense(_QuantizeAwareMixin, keras.layers.EinsumDense):
 
     def _product(self, inputs, kernel):
         return ops.einsum(self.equation, inputs, kernel)
-
-    def get_config(self):
-        return {**super().get_config(), **self._quantization_config()}
 
 
 _QAT_CLASSES = {
