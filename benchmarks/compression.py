@@ -327,42 +327,23 @@ def parse_args(argv=None):
 # --- Measurements -------------------------------------------------------
 
 
-def weight_bytes(model):
-    """Bytes of the model's variables at their stored dtypes (a tied
-    embedding counts once)."""
-    import numpy as np
-
-    seen, total = set(), 0
-    for v in model.weights:
-        if id(v) in seen:
-            continue
-        seen.add(id(v))
-        total += int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
-    return total
+def _unique_weights(model):
+    """The model's variables, each once (a tied embedding counts once)."""
+    return list({id(v): v for v in model.weights}.values())
 
 
 def nonzero_parameters(model):
     import numpy as np
 
-    seen, total = set(), 0
-    for v in model.weights:
-        if id(v) in seen:
-            continue
-        seen.add(id(v))
-        total += int(np.count_nonzero(np.asarray(v)))
-    return total
+    return sum(
+        int(np.count_nonzero(np.asarray(v))) for v in _unique_weights(model)
+    )
 
 
 def parameter_count(model):
     import numpy as np
 
-    seen, total = set(), 0
-    for v in model.weights:
-        if id(v) in seen:
-            continue
-        seen.add(id(v))
-        total += int(np.prod(v.shape))
-    return total
+    return sum(int(np.prod(v.shape)) for v in _unique_weights(model))
 
 
 def file_sizes(model, folder, name):
@@ -468,6 +449,8 @@ def row(
     **extra,
 ):
     """Measures `model` (parameters, bytes, file, gzip) into a result row."""
+    from keras_llm.compression import quantization
+
     path, file_bytes, gzip_bytes = file_sizes(model, folder, key)
     stored = parameter_count(model)
     return {
@@ -477,7 +460,7 @@ def row(
         "parameters": extra.pop("parameters", stored),
         "stored_elements": stored,
         "nonzero_parameters": nonzero_parameters(model),
-        "weight_bytes": weight_bytes(model),
+        "weight_bytes": quantization.weight_bytes(model),
         "file_bytes": file_bytes,
         "gzip_bytes": gzip_bytes,
         "val_loss": loss,

@@ -252,6 +252,7 @@ def measure_checkpoint(spec):
     import numpy as np
 
     from keras_llm.callbacks import CheckpointManager
+    from keras_llm.compression.quantization import weight_bytes
 
     strategy = _strategy(spec)
     keras.utils.set_random_seed(spec["seed"])
@@ -272,10 +273,7 @@ def measure_checkpoint(spec):
         steps_per_epoch=3,
         verbose=0,
     )
-    parameter_bytes = sum(
-        int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize
-        for w in model.weights
-    )
+    parameter_bytes = weight_bytes(model)
     folder = tempfile.mkdtemp(prefix="scaling_ckpt_")
     manager = CheckpointManager(folder, keep=2)
     saves = []

@@ -988,7 +988,8 @@ def to_tflite(model, *, mode="dynamic", representative_dataset=None):
 
 
 def weight_bytes(model):
-    """Bytes of all of a model's variables (sum of their `nbytes`).
+    """Bytes of all of a model's variables at their stored dtypes (a
+    variable reached twice, such as a tied embedding, counts once).
 
     Args:
         model: a Keras model or layer.
@@ -1003,11 +1004,9 @@ def weight_bytes(model):
     >>> weight_bytes(layer)
     32
     """
+    unique = {id(v): v for v in model.weights}.values()
     return int(
-        sum(
-            int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
-            for v in model.weights
-        )
+        sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in unique)
     )
 
 
